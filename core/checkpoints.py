@@ -1,0 +1,110 @@
+"""Weights as safetensors files with their config in the header metadata and in a JSON file beside them.
+
+Loading never unpickles anything: safetensors holds raw tensors only, and the
+model is rebuilt from its JSON config before the weights are copied in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from core.errors import CheckpointError, ConfigError
+from core.models import build_model, count_parameters, normalize_model_config
+
+METADATA_KEY = "mnist_lab"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # in eval mode, on CPU
+    model_config: dict[str, Any]
+    info: dict[str, Any]  # test_accuracy, train_config, ... as saved
+    path: Path
+
+    @property
+    def arch(self) -> str:
+        return self.model_config["arch"]
+
+    @property
+    def params(self) -> int:
+        return count_parameters(self.model)
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_config: dict[str, Any], info: dict[str, Any]) -> Path:
+    """Write ``path`` (.safetensors) and ``path`` with a .json suffix; return the weights path."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    record = {"model_config": model_config, **info}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    temporary = path.with_suffix(".safetensors.tmp")
+    save_file(tensors, str(temporary), metadata={METADATA_KEY: json.dumps(record)})
+    os.replace(temporary, path)  # a crash mid-write never leaves a half-written checkpoint under the real name
+    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def read_checkpoint_record(path: str | os.PathLike) -> dict[str, Any]:
+    """Return the config and info stored in a checkpoint's header, without loading weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({error}); it may be truncated or corrupt") from error
+    if METADATA_KEY not in metadata:
+        raise CheckpointError(f"{path} has no MNIST Lab config in its header; it was not saved by this tool")
+    try:
+        return json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path} has a corrupt config in its header: {error}") from error
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model from the checkpoint's config and load its weights strictly."""
+    path = Path(path)
+    record = read_checkpoint_record(path)
+    try:
+        model_config = normalize_model_config(record["model_config"])
+        model = build_model(model_config)
+    except (KeyError, ConfigError) as error:
+        raise CheckpointError(f"{path} holds a config that cannot be built: {error}") from error
+
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path} could not be read ({error}); it may be truncated or corrupt") from error
+    check_state_matches(model, tensors, path)
+    model.load_state_dict(tensors, strict=True)
+    model.to(device).eval()
+    info = {k: v for k, v in record.items() if k != "model_config"}
+    return LoadedModel(model=model, model_config=model_config, info=info, path=path)
+
+
+def check_state_matches(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Raise CheckpointError listing every missing, unexpected or differently shaped tensor."""
+    expected = model.state_dict()
+    problems = []
+    for name in sorted(set(expected) - set(tensors)):
+        problems.append(f"missing {name}")
+    for name in sorted(set(tensors) - set(expected)):
+        problems.append(f"unexpected {name}")
+    for name in sorted(set(expected) & set(tensors)):
+        if tuple(expected[name].shape) != tuple(tensors[name].shape):
+            problems.append(f"{name}: file has {tuple(tensors[name].shape)}, config needs {tuple(expected[name].shape)}")
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise CheckpointError(f"weights in {path} do not match its config: {shown}")

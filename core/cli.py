@@ -1,0 +1,358 @@
+"""Command line: ``python -m core COMMAND``; every command has ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError, LabError
+
+log = logging.getLogger("core.cli")
+
+
+def parse_set_value(text: str) -> Any:
+    """Parse a --set value as JSON (numbers, lists, true/false, null), else keep it as text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(model_config: dict[str, Any], train_config: dict[str, Any], items: list[str]) -> None:
+    """Apply ``key=value`` overrides in place.
+
+    A key is a training setting (``lr``, ``epochs``) or a model setting, dotted
+    into lists and dicts (``stages.0.kernel_size=[1,7]``); ``*`` selects every
+    list item (``stages.*.kernel_size=[1,7]``). ``model.`` and ``train.`` prefixes
+    make the target explicit.
+    """
+    from core.training import TrainConfig
+
+    train_fields = set(TrainConfig.__dataclass_fields__)
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}; e.g. --set lr=0.01 or --set stages.0.kernel_size=[1,7]")
+        value = parse_set_value(raw.strip())
+        parts = key.split(".")
+        if parts[0] == "train" and len(parts) == 2:
+            target, parts = train_config, parts[1:]
+        elif parts[0] == "model" and len(parts) >= 2:
+            target, parts = model_config, parts[1:]
+        elif parts[0] in train_fields and len(parts) == 1:
+            target = train_config
+        else:
+            target = model_config
+        if target is train_config and parts[0] not in train_fields:
+            raise ConfigError(f"unknown training setting {parts[0]!r} in --set {item}; valid: {', '.join(sorted(train_fields))}")
+        if target is model_config and parts[0] == "arch":
+            raise ConfigError("use --arch to choose the architecture, not --set arch=...")
+        if target is model_config and parts[0] not in model_config:
+            raise ConfigError(
+                f"unknown setting {parts[0]!r} in --set {item}; model settings: {', '.join(k for k in model_config if k != 'arch')}; "
+                f"training settings: {', '.join(sorted(train_fields))}"
+            )
+        _assign(target, parts, value, item)
+
+
+def _assign(container: Any, parts: list[str], value: Any, item: str) -> None:
+    head, rest = parts[0], parts[1:]
+    if isinstance(container, list):
+        if head == "*":
+            targets = range(len(container))
+        elif head.isdigit() and int(head) < len(container):
+            targets = [int(head)]
+        else:
+            raise ConfigError(f"--set {item}: index {head!r} is not in 0..{len(container) - 1} (or *)")
+        for index in targets:
+            if rest:
+                _assign(container[index], rest, value, item)
+            else:
+                container[index] = value
+        return
+    if not isinstance(container, dict) or head not in container:
+        valid = ", ".join(container) if isinstance(container, dict) else "none"
+        raise ConfigError(f"--set {item}: unknown key {head!r}; valid keys here: {valid}")
+    if rest:
+        _assign(container[head], rest, value, item)
+    else:
+        container[head] = value
+
+
+def _store(args: argparse.Namespace):
+    from core.store import RunStore
+
+    return RunStore(args.store)
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+# -- commands -------------------------------------------------------------
+
+
+def cmd_archs(args: argparse.Namespace) -> int:
+    from core.models import ARCHITECTURES, build_model, count_parameters, default_model_config
+
+    rows = []
+    for name, spec in ARCHITECTURES.items():
+        params = count_parameters(build_model(default_model_config(name)))
+        rows.append({"name": name, "title": spec.title, "params": params, "description": spec.description, "paper": spec.paper})
+    text = "\n".join(f"{r['name']:<14} {r['params']:>8,} params  {r['description']}" for r in rows)
+    _print(args, rows, text)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from core.checkpoints import load_checkpoint, save_checkpoint
+    from core.models import default_model_config
+    from core.runner import execute_run
+    from core.training import prepare_run
+
+    model_config = default_model_config(args.arch)
+    train_config: dict[str, Any] = {}
+    for option, key in (("epochs", "epochs"), ("device", "device"), ("seed", "seed"), ("train_subset", "train_subset"),
+                        ("lr", "lr"), ("batch_size", "batch_size")):
+        if getattr(args, option) is not None:
+            train_config[key] = getattr(args, option)
+    apply_overrides(model_config, train_config, args.set or [])
+    model_config, parsed = prepare_run(model_config, train_config)  # reject bad configs before creating a run
+    from core.models.config import config_to_dict
+
+    train_config = config_to_dict(parsed)
+    store = _store(args)
+    run_id = store.create_run(model_config, train_config, name=args.name, status="running", source="cli", pid=os.getpid())
+    log.info("run %d: created in %s", run_id, store.root)
+
+    bar = tqdm(total=None, unit="step", disable=args.json or not sys.stderr.isatty() and not args.progress, file=sys.stderr)
+
+    def on_progress(event: dict[str, Any]) -> None:
+        if event["event"] == "start":
+            bar.reset(total=event["total_steps"])
+            bar.set_description(f"run {run_id} {args.arch}")
+        elif event["event"] == "steps":
+            bar.n = event["step"]
+            bar.set_postfix(loss=f"{event['train_loss']:.4f}")
+            bar.refresh()
+        elif event["event"] == "epoch":
+            bar.write(
+                f"epoch {event['epoch']}: train_loss {event['train_loss']:.4f}  val_loss {event['val_loss']:.4f}  "
+                f"val_accuracy {event['val_accuracy']:.4f}  ({event['epoch_time_s']:.1f} s)"
+            )
+
+    try:
+        run = execute_run(store, run_id, data_dir=args.data_dir, on_progress=on_progress)
+    except KeyboardInterrupt:
+        store.finish(run_id, "cancelled", error="stopped with Ctrl-C")
+        bar.close()
+        print(f"run {run_id} cancelled", file=sys.stderr)
+        return 130
+    bar.close()
+
+    if run["status"] != "completed":
+        print(f"run {run_id} {run['status']}: {run['error']}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"run_id": run_id, "arch": args.arch, "status": run["status"], "error": run["error"]}))
+        return 1
+
+    if args.export:
+        loaded = load_checkpoint(run["checkpoint"])
+        info = {**loaded.info, "command": " ".join(["python -m core"] + sys.argv[1:])}
+        exported = save_checkpoint(args.export, loaded.model, loaded.model_config, info)
+        log.info("run %d: exported weights to %s", run_id, exported)
+
+    result = {
+        "run_id": run_id,
+        "name": run["name"],
+        "arch": run["arch"],
+        "params": run["params"],
+        "device": run["device"],
+        "status": run["status"],
+        "epochs_completed": run["epochs_completed"],
+        "best_val_accuracy": run["best_val_accuracy"],
+        "test_accuracy": run["test_accuracy"],
+        "test_loss": run["test_loss"],
+        "wall_time_s": run["wall_time_s"],
+        "checkpoint": run["checkpoint"],
+    }
+    text = (
+        f"run {run_id} ({run['arch']}, {run['params']:,} params) completed: "
+        f"test_accuracy {run['test_accuracy']:.4f}, test_loss {run['test_loss']:.4f}, {run['wall_time_s']:.1f} s"
+    )
+    _print(args, result, text)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    store = _store(args)
+    store.recover_stale_runs()
+    keys = ("id", "name", "arch", "params", "device", "status", "epochs_completed", "best_val_accuracy", "test_accuracy", "wall_time_s", "error")
+    runs = [{k: run[k] for k in keys} for run in store.list_runs()]
+
+    def fmt(value: Any, spec: str) -> str:
+        return format(value, spec) if value is not None else "-"
+
+    lines = [f"{'id':>4}  {'name':<24} {'arch':<13} {'params':>8} {'status':<11} {'epochs':>6} {'val_acc':>8} {'test_acc':>8} {'time_s':>8}"]
+    for r in runs:
+        lines.append(
+            f"{r['id']:>4}  {r['name'][:24]:<24} {r['arch']:<13} {fmt(r['params'], ',d'):>8} {r['status']:<11} "
+            f"{r['epochs_completed']:>6} {fmt(r['best_val_accuracy'], '.4f'):>8} {fmt(r['test_accuracy'], '.4f'):>8} "
+            f"{fmt(r['wall_time_s'], '.1f'):>8}"
+        )
+    _print(args, runs, "\n".join(lines) if runs else f"no runs in {store.root}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from core.checkpoints import load_checkpoint
+    from core.data import load_mnist
+    from core.inference import resolve_model_path
+    from core.training import evaluate
+
+    path = resolve_model_path(args.model, _store(args) if args.model.isdigit() else None)
+    loaded = load_checkpoint(path)
+    data = load_mnist(args.data_dir)
+    result = evaluate(loaded.model, data.test_images, data.test_labels)
+    output = {
+        "model": str(path),
+        "arch": loaded.arch,
+        "params": loaded.params,
+        "test_accuracy": result.accuracy,
+        "test_loss": result.loss,
+        "test_images": len(data.test_images),
+    }
+    text = (
+        f"{path}: {loaded.arch}, {loaded.params:,} params, test_accuracy {result.accuracy:.4f}, "
+        f"test_loss {result.loss:.4f} on {len(data.test_images):,} test images"
+    )
+    _print(args, output, text)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from core.inference import load_cached, predict_probabilities, resolve_model_path
+    from core.preprocess import read_image, to_mnist
+
+    path = resolve_model_path(args.model, _store(args) if args.model.isdigit() else None)
+    loaded = load_cached(path)
+    results, failed = [], 0
+    for file in args.images:
+        try:
+            digit = to_mnist(read_image(file))
+        except LabError as error:
+            print(f"{file}: {error}", file=sys.stderr)
+            results.append({"file": file, "prediction": None, "probabilities": None, "error": str(error)})
+            failed += 1
+            continue
+        if digit is None:
+            message = "no digit found (the image is blank)"
+            print(f"{file}: {message}", file=sys.stderr)
+            results.append({"file": file, "prediction": None, "probabilities": None, "error": message})
+            failed += 1
+            continue
+        probabilities = predict_probabilities(loaded, digit.tensor)[0]
+        results.append({"file": file, "prediction": int(probabilities.argmax()), "probabilities": [round(float(p), 6) for p in probabilities]})
+
+    lines = [f"{r['file']}: {r['prediction']} ({max(r['probabilities']):.1%})" for r in results if r["prediction"] is not None]
+    _print(args, results, "\n".join(lines))
+    return 1 if failed else 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    status = _store(args).request_cancel(args.run)
+    print(f"run {args.run}: {'cancelled' if status == 'cancelled' else 'cancel requested' if status == 'running' else 'already ' + status}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from core.worker import worker_main
+
+    return worker_main(str(_store(args).root), args.data_dir, parent_pid=None)
+
+
+# -- parser ---------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from core.data import DATA_DIR_ENV
+    from core.devices import DEVICE_CHOICES
+    from core.models import ARCHITECTURES
+    from core.store import STORE_ENV
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=None, help=f"folder with MNIST/raw/ (default: ${DATA_DIR_ENV} or ./data)")
+    common.add_argument("--store", default=None, help=f"run store folder (default: ${STORE_ENV} or ./runs)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
+    parser = argparse.ArgumentParser(prog="python -m core", description="MNIST Architecture Lab: train, compare and use MNIST models.", parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("archs", parents=[common], help="list architectures and their default parameter counts")
+    p.add_argument("--json", action="store_true", help="print JSON: a list of {name, params, ...}")
+    p.set_defaults(func=cmd_archs)
+
+    p = sub.add_parser("train", parents=[common], help="train a model in the foreground and store the run",
+                       epilog="examples:\n  python -m core train --arch cnn --epochs 3\n"
+                              "  python -m core train --arch cnn --set stages.*.kernel_size=[1,7]\n"
+                              "  python -m core train --arch mobilenetv2 --set stages.1.depthwise=false --set lr=0.01",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", required=True, choices=list(ARCHITECTURES), help="architecture to train")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the 55,000 training images (default 5)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default=None, help="training device (default auto: cuda, then mps, then cpu)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for weights and batch order (default 0)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.003)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per step (default 128)")
+    p.add_argument("--train-subset", type=int, default=None, help="train on the first N of the 55,000 training images")
+    p.add_argument("--name", default=None, help="run name shown in the app (default ARCH-ID)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model or training setting; repeatable")
+    p.add_argument("--export", default=None, metavar="PATH", help="also write the weights to PATH (.safetensors, with a .json beside it)")
+    p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+    p.add_argument("--json", action="store_true", help="print one JSON object with run_id, arch, params, test_accuracy, wall_time_s")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("runs", parents=[common], help="list stored runs")
+    p.add_argument("--json", action="store_true", help="print JSON: a list of runs")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("evaluate", parents=[common], help="test accuracy of a model on the official 10,000 test images")
+    p.add_argument("model", help="run id, shipped model name (e.g. cnn) or path of a .safetensors file")
+    p.add_argument("--json", action="store_true", help="print JSON with test_accuracy, test_loss, params, arch")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", parents=[common], help="classify image files with the canvas preprocessing")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...) of single digits")
+    p.add_argument("--model", required=True, help="run id, shipped model name (e.g. cnn) or path of a .safetensors file")
+    p.add_argument("--json", action="store_true", help="print JSON: a list of {file, prediction, probabilities}")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("cancel", parents=[common], help="cancel a queued or running run")
+    p.add_argument("run", type=int, help="run id")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("worker", parents=[common], help="run the background worker in the foreground (the app starts one itself)")
+    p.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except LabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,136 @@
+"""Registry of architectures: each name maps to a config dataclass and a model class.
+
+A model config is a dict of plain types ``{"arch": NAME, **settings}``, so it can be
+stored as JSON with a run and rebuilt exactly with ``build_model``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from core.errors import ConfigError
+from core.models.cnn import CNN, CNNConfig, SECNNConfig
+from core.models.config import config_from_dict, config_to_dict
+from core.models.dense import DenseConfig, DenseNet
+from core.models.mobile import EfficientNetConfig, MobileNetV2, MobileNetV2Config
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    title: str
+    description: str
+    paper: str
+    config_class: type
+    model_class: type
+    has_stages: bool  # per-stage kernel_size and stride can be edited
+    has_depthwise: bool  # stages offer depthwise or full spatial convolution
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    spec.name: spec
+    for spec in [
+        ArchSpec(
+            "dense",
+            "Dense net",
+            "784-64-128-64-10 multilayer perceptron with BatchNorm; sees pixels, not shapes.",
+            "Lightning-Hydra template SimpleDenseNet",
+            DenseConfig,
+            DenseNet,
+            has_stages=False,
+            has_depthwise=False,
+        ),
+        ArchSpec(
+            "cnn",
+            "Simple CNN",
+            "Three conv-BatchNorm-ReLU-pool stages, global average pooling, linear classifier.",
+            "LeCun et al. 1998, Gradient-based learning applied to document recognition",
+            CNNConfig,
+            CNN,
+            has_stages=True,
+            has_depthwise=False,
+        ),
+        ArchSpec(
+            "se_cnn",
+            "CNN + squeeze-excitation",
+            "The simple CNN with a squeeze-excitation channel gate after every stage.",
+            "Hu et al. 2018, Squeeze-and-Excitation Networks (arXiv:1709.01507)",
+            SECNNConfig,
+            CNN,
+            has_stages=True,
+            has_depthwise=False,
+        ),
+        ArchSpec(
+            "mobilenetv2",
+            "MobileNetV2",
+            "Inverted residual blocks: 1x1 expand, depthwise conv, linear 1x1 projection.",
+            "Sandler et al. 2018, MobileNetV2 (arXiv:1801.04381)",
+            MobileNetV2Config,
+            MobileNetV2,
+            has_stages=True,
+            has_depthwise=True,
+        ),
+        ArchSpec(
+            "efficientnet",
+            "EfficientNet",
+            "MBConv blocks with squeeze-excitation and SiLU, mixed 3x3 and 5x5 kernels.",
+            "Tan and Le 2019, EfficientNet (arXiv:1905.11946)",
+            EfficientNetConfig,
+            MobileNetV2,
+            has_stages=True,
+            has_depthwise=True,
+        ),
+    ]
+}
+
+
+def get_arch(name: str) -> ArchSpec:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown architecture {name!r}; choose one of: {', '.join(ARCHITECTURES)}"
+        ) from None
+
+
+def default_model_config(name: str) -> dict[str, Any]:
+    """Return the default config of architecture ``name`` as a JSON-ready dict."""
+    spec = get_arch(name)
+    return {"arch": name, **config_to_dict(spec.config_class())}
+
+
+def parse_model_config(config: dict[str, Any]) -> tuple[ArchSpec, Any]:
+    """Validate a model config dict and return its spec and config dataclass."""
+    if not isinstance(config, dict) or "arch" not in config:
+        raise ConfigError(f"a model config must be a mapping with an 'arch' key, got {config!r}")
+    spec = get_arch(config["arch"])
+    settings = {k: v for k, v in config.items() if k != "arch"}
+    parsed = spec.config_class()
+    parsed = config_from_dict(spec.config_class, {**config_to_dict(parsed), **settings})
+    return spec, parsed
+
+
+def normalize_model_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Fill in defaults and return the complete, validated config as plain types."""
+    spec, parsed = parse_model_config(copy.deepcopy(config))
+    parsed.validate()
+    return {"arch": spec.name, **config_to_dict(parsed)}
+
+
+def stage_plan(config: dict[str, Any]) -> list[dict]:
+    """Return each stage's input and output size and channels, or raise ConfigError."""
+    _, parsed = parse_model_config(config)
+    return parsed.validate()
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    spec, parsed = parse_model_config(config)
+    return spec.model_class(parsed)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

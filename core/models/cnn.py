@@ -1,0 +1,112 @@
+"""Plain CNN and CNN with squeeze-excitation (Hu et al. 2018, arXiv:1709.01507).
+
+Each stage is one convolution (kernel and stride per axis, same padding),
+BatchNorm, ReLU, optional squeeze-excitation, and an optional max pool.
+Global average pooling feeds a linear classifier, so any kernel shape works
+without changing the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from core.errors import ConfigError
+from core.models.config import (
+    IMAGE_SIZE,
+    NUM_CLASSES,
+    check_pair,
+    check_probability,
+    conv_output_size,
+    pool_output_size,
+    scale_channels,
+)
+from core.models.layers import ConvBNAct, SqueezeExcite
+
+
+@dataclass
+class ConvStage:
+    channels: int
+    kernel_size: tuple[int, int] = (3, 3)
+    stride: tuple[int, int] = (1, 1)
+    pool: tuple[int, int] = (2, 2)  # max-pool window (height, width); (1, 1) turns pooling off
+
+
+def _default_stages() -> list[ConvStage]:
+    return [ConvStage(32), ConvStage(64), ConvStage(80)]
+
+
+def _default_se_stages() -> list[ConvStage]:
+    return [ConvStage(32), ConvStage(64), ConvStage(72)]
+
+
+@dataclass
+class CNNConfig:
+    stages: list[ConvStage] = field(default_factory=_default_stages)
+    width_mult: float = 1.0
+    dropout: float = 0.1
+
+    def validate(self) -> list[dict]:
+        """Return the per-stage shape plan, or raise ConfigError naming the stage and sizes."""
+        if not self.stages:
+            raise ConfigError("stages must list at least one stage")
+        check_probability(self.dropout, name="dropout")
+
+        plan = []
+        hw = IMAGE_SIZE
+        for i, stage in enumerate(self.stages):
+            where = f"stage {i + 1}"
+            if stage.channels < 1:
+                raise ConfigError(f"channels at {where} must be at least 1, got {stage.channels}")
+            check_pair(stage.pool, name="pool", where=where)
+            channels = scale_channels(stage.channels, self.width_mult, where=where)
+            out_hw = conv_output_size(hw, kernel_size=stage.kernel_size, stride=stage.stride, where=where)
+            if tuple(stage.pool) != (1, 1):
+                out_hw = pool_output_size(out_hw, window=stage.pool, where=where)
+            plan.append({"stage": where, "in_hw": hw, "out_hw": out_hw, "channels": channels})
+            hw = out_hw
+        return plan
+
+
+@dataclass
+class SECNNConfig(CNNConfig):
+    stages: list[ConvStage] = field(default_factory=_default_se_stages)
+    se_reduction: int = 4
+
+    def validate(self) -> list[dict]:
+        if self.se_reduction < 1:
+            raise ConfigError(f"se_reduction must be at least 1, got {self.se_reduction}")
+        return super().validate()
+
+
+class CNN(nn.Module):
+    def __init__(self, config: CNNConfig) -> None:
+        super().__init__()
+        plan = config.validate()
+        se_reduction = getattr(config, "se_reduction", 0)
+
+        stages: list[nn.Module] = []
+        in_channels = 1
+        for stage, shape in zip(config.stages, plan):
+            out_channels = shape["channels"]
+            layers: list[nn.Module] = [
+                ConvBNAct(in_channels, out_channels, kernel_size=stage.kernel_size, stride=stage.stride)
+            ]
+            if se_reduction:
+                squeeze = max(1, out_channels // se_reduction)
+                layers.append(SqueezeExcite(out_channels, squeeze_channels=squeeze))
+            if tuple(stage.pool) != (1, 1):
+                layers.append(nn.MaxPool2d(kernel_size=tuple(stage.pool)))
+            stages.append(nn.Sequential(*layers))
+            in_channels = out_channels
+
+        self.stages = nn.Sequential(*stages)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(in_channels, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(x)
+        x = x.mean(dim=(2, 3))  # global average pool: (B, C, H, W) -> (B, C)
+        return self.classifier(self.dropout(x))

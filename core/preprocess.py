@@ -1,0 +1,153 @@
+"""Turn a drawn or uploaded digit into a 28x28 MNIST-style input.
+
+MNIST itself was made this way (LeCun, Cortes and Burges, the MNIST database
+page): each digit was scaled to fit a 20x20 box keeping its aspect ratio, with
+anti-aliasing, then placed in a 28x28 frame so that its centre of mass sits at
+the centre. The same function serves the canvas, uploads and the CLI.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.data import MEAN, STD
+from core.errors import ImageError
+
+BOX_SIZE = 20
+FRAME_SIZE = 28
+INK_THRESHOLD = 0.1  # fraction of full ink below which a pixel counts as background
+MAX_IMAGE_PIXELS = 4096 * 4096  # uploads above this are rejected from the header, before decoding
+
+
+@dataclass
+class PreparedDigit:
+    image: np.ndarray  # (28, 28) float32 in [0, 1], white ink on black, as the model sees it
+    tensor: torch.Tensor  # (1, 1, 28, 28) float32, normalised like training
+
+
+def ink_map(pixels: np.ndarray) -> np.ndarray:
+    """Return ink strength in [0, 1] per pixel for a grayscale (H, W), RGB or RGBA (H, W, C) array.
+
+    Transparency wins when present: canvas strokes on a transparent background
+    carry their shape in alpha, whatever their colour. Otherwise the border's
+    brightness decides the polarity, so dark ink on white and white ink on
+    black both come out as white ink on black.
+    """
+    array = np.asarray(pixels)
+    if array.dtype == np.uint8:
+        array = array.astype(np.float32) / 255.0
+    else:
+        array = array.astype(np.float32)
+        if array.max(initial=0.0) > 1.0:
+            array = array / array.max()
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+
+    if array.ndim == 3 and array.shape[2] == 4:
+        alpha = array[..., 3]
+        if alpha.min() < 0.99:
+            return alpha
+        array = array[..., :3]
+    if array.ndim == 3:
+        gray = array[..., 0] * 0.299 + array[..., 1] * 0.587 + array[..., 2] * 0.114
+    elif array.ndim == 2:
+        gray = array
+    else:
+        raise ImageError(f"expected a 2-d grayscale or 3-d RGB/RGBA image array, got shape {array.shape}")
+
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    background = float(np.median(border))
+    ink = 1.0 - gray if background > 0.5 else gray
+    ink_background = 1.0 - background if background > 0.5 else background
+    if ink_background >= 0.99:
+        return np.zeros_like(gray)
+    return np.clip((ink - ink_background) / (1.0 - ink_background), 0.0, 1.0)
+
+
+def to_mnist(pixels: np.ndarray) -> PreparedDigit | None:
+    """Convert an image array to an MNIST-style digit, or return None when it has no ink."""
+    ink = ink_map(pixels)
+    peak = float(ink.max(initial=0.0))
+    if peak < INK_THRESHOLD:
+        return None
+    ink = ink / peak
+
+    rows = np.flatnonzero((ink > INK_THRESHOLD).any(axis=1))
+    cols = np.flatnonzero((ink > INK_THRESHOLD).any(axis=0))
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+    # Scale the longer side to 20 pixels; antialias=True low-pass filters when shrinking.
+    height, width = crop.shape
+    scale = BOX_SIZE / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    patch = F.interpolate(torch.from_numpy(np.ascontiguousarray(crop))[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)
+    patch = patch[0, 0].clamp_(0.0, 1.0).numpy()
+
+    frame = _center_by_mass(patch)
+    tensor = ((torch.from_numpy(frame) - MEAN) / STD)[None, None]
+    return PreparedDigit(image=frame, tensor=tensor)
+
+
+def _center_by_mass(patch: np.ndarray) -> np.ndarray:
+    """Paste ``patch`` into a 28x28 frame with its centre of mass at the frame's centre."""
+    total = patch.sum()
+    ys, xs = np.indices(patch.shape)
+    center_y = (ys * patch).sum() / total
+    center_x = (xs * patch).sum() / total
+    middle = (FRAME_SIZE - 1) / 2  # 13.5: the centre between pixels 13 and 14
+    top = int(round(middle - center_y))
+    left = int(round(middle - center_x))
+
+    frame = np.zeros((FRAME_SIZE, FRAME_SIZE), dtype=np.float32)
+    # Clip the paste to the frame: a lopsided digit may be shifted partly outside, as in MNIST.
+    y0, x0 = max(0, top), max(0, left)
+    y1 = min(FRAME_SIZE, top + patch.shape[0])
+    x1 = min(FRAME_SIZE, left + patch.shape[1])
+    frame[y0:y1, x0:x1] = patch[y0 - top : y1 - top, x0 - left : x1 - left]
+    return frame
+
+
+def read_image(source: str | os.PathLike | bytes) -> np.ndarray:
+    """Decode an image file (path or bytes) into an RGBA or grayscale array, with clear errors."""
+    from PIL import Image, UnidentifiedImageError
+
+    label = "the uploaded file" if isinstance(source, bytes) else str(source)
+    data = source if isinstance(source, bytes) else None
+    if data is None:
+        try:
+            data = open(source, "rb").read()
+        except OSError as error:
+            raise ImageError(f"cannot read {label}: {error.strerror or error}") from error
+    if not data:
+        raise ImageError(f"{label} is empty; choose a PNG or JPEG image of a digit")
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageError(
+                    f"{label} is {width}x{height} pixels; images up to {MAX_IMAGE_PIXELS:,} pixels "
+                    "(4096x4096) are accepted, so scale it down first"
+                )
+            image.seek(0)  # animated formats: the first frame is the digit
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(image, dtype=np.float32)
+                return array / max(float(array.max()), 1.0)
+            if image.mode == "CMYK":
+                image = image.convert("RGB")
+            elif image.mode not in ("L", "RGB", "RGBA"):
+                image = image.convert("RGBA")
+            image.load()
+            return np.asarray(image)
+    except ImageError:
+        raise
+    except UnidentifiedImageError as error:
+        raise ImageError(f"{label} is not an image this tool can read; use PNG, JPEG, GIF, BMP or WebP") from error
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageError(f"{label} could not be decoded ({error}); it may be truncated or corrupt") from error

@@ -1,0 +1,116 @@
+"""Execute one stored run: train, write progress to the store, save weights, set the final status.
+
+The background worker's training process and the CLI's foreground ``train``
+both go through ``execute_run``, so a run looks the same wherever it trained.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import Any, Callable
+
+from core.checkpoints import save_checkpoint
+from core.errors import LabError
+from core.store import RunStore
+from core.training import Callbacks, TrainingStopped, train
+
+log = logging.getLogger(__name__)
+
+CANCEL_POLL_S = 1.0  # how often the store is asked whether the user pressed Cancel
+
+
+class StoreCallbacks(Callbacks):
+    """Write thinned loss points and epoch metrics to the store; poll for cancel requests."""
+
+    def __init__(self, store: RunStore, run_id: int, *, on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.total_steps = 1
+        self.on_progress = on_progress
+        self._last_cancel_check = 0.0
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        self.total_steps = max(1, info["total_steps"])
+        self.store.record_start(self.run_id, params=info["params"], device=info["device"], total_steps=info["total_steps"])
+        if self.on_progress:
+            self.on_progress({"event": "start", **info})
+
+    def on_steps(self, points: list[dict[str, Any]]) -> None:
+        progress = points[-1]["step"] / self.total_steps
+        self.store.add_step_points(self.run_id, points, progress=progress)
+        if self.on_progress:
+            self.on_progress({"event": "steps", "step": points[-1]["step"], "train_loss": points[-1]["train_loss"]})
+
+    def on_epoch(self, metrics: dict[str, Any]) -> None:
+        self.store.add_epoch(self.run_id, metrics)
+        if self.on_progress:
+            self.on_progress({"event": "epoch", **metrics})
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_cancel_check < CANCEL_POLL_S:
+            return False
+        self._last_cancel_check = now
+        return self.store.cancel_requested(self.run_id)
+
+
+def execute_run(
+    store: RunStore,
+    run_id: int,
+    *,
+    data_dir: str | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train stored run ``run_id`` (already marked running) and return its final row.
+
+    Every outcome ends in a final status: completed, cancelled, diverged or failed.
+    """
+    run = store.get_run(run_id)
+    prefix = f"run {run_id}: "
+    callbacks = StoreCallbacks(store, run_id, on_progress=on_progress)
+    try:
+        result = train(run["model_config"], run["train_config"], data_dir=data_dir, callbacks=callbacks, log_prefix=prefix)
+        info = {
+            "run_id": run_id,
+            "name": run["name"],
+            "train_config": result.train_config,
+            "params": result.params,
+            "device": result.device,
+            "epochs_completed": result.epochs_completed,
+            "best_epoch": result.best_epoch,
+            "best_val_accuracy": result.best_val_accuracy,
+            "test_accuracy": result.test.accuracy,
+            "test_loss": result.test.loss,
+            "wall_time_s": result.wall_time_s,
+        }
+        path = save_checkpoint(store.run_dir(run_id) / "model.safetensors", result.model, result.model_config, info)
+        store.finish(
+            run_id,
+            "completed",
+            test_accuracy=result.test.accuracy,
+            test_loss=result.test.loss,
+            confusion=result.test.confusion,
+            best_epoch=result.best_epoch,
+            best_val_accuracy=result.best_val_accuracy,
+            wall_time_s=result.wall_time_s,
+            checkpoint=str(path),
+            progress=1.0,
+            error=None,
+        )
+    except TrainingStopped as stop:
+        log.warning("%s%s: %s", prefix, stop.status, stop)
+        store.finish(run_id, stop.status, error=str(stop))
+    except LabError as error:
+        log.error("%sfailed: %s", prefix, error)
+        store.finish(run_id, "failed", error=str(error))
+    except Exception as error:  # any bug or runtime error must still end the run with a readable reason
+        log.exception("%sfailed with an unexpected error", prefix)
+        last_frame = traceback.extract_tb(error.__traceback__)[-1]
+        store.finish(
+            run_id,
+            "failed",
+            error=f"{type(error).__name__}: {error} (in {last_frame.name}, {last_frame.filename}:{last_frame.lineno})",
+        )
+    return store.get_run(run_id)

@@ -1,0 +1,345 @@
+"""Run store: one SQLite file (WAL mode) for runs and metrics, one folder per run for weights.
+
+Paths are built from integer run ids only; run names are data and never touch the filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from core.errors import StoreError
+
+STORE_ENV = "MNIST_LAB_STORE"
+DEFAULT_STORE = "runs"
+MAX_NAME_LENGTH = 100
+STATUSES = ("queued", "running", "completed", "failed", "cancelled", "diverged", "interrupted")
+ACTIVE_STATUSES = ("queued", "running")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    model_config TEXT NOT NULL,
+    train_config TEXT NOT NULL,
+    params INTEGER,
+    device TEXT,
+    status TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT 'app',
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    heartbeat_at REAL,
+    pid INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    total_steps INTEGER,
+    progress REAL NOT NULL DEFAULT 0,
+    epochs_completed INTEGER NOT NULL DEFAULT 0,
+    best_epoch INTEGER,
+    best_val_accuracy REAL,
+    test_accuracy REAL,
+    test_loss REAL,
+    confusion TEXT,
+    wall_time_s REAL,
+    checkpoint TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS step_metrics (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    step INTEGER NOT NULL,
+    epoch REAL NOT NULL,
+    train_loss REAL NOT NULL,
+    lr REAL,
+    wall_time_s REAL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS epoch_metrics (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    train_loss REAL,
+    train_accuracy REAL,
+    val_loss REAL,
+    val_accuracy REAL,
+    lr REAL,
+    images_per_s REAL,
+    epoch_time_s REAL,
+    wall_time_s REAL,
+    PRIMARY KEY (run_id, epoch)
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+"""
+
+EPOCH_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "epoch_time_s", "wall_time_s")
+
+
+def resolve_store_dir(store_dir: str | os.PathLike | None = None) -> Path:
+    """Return the store directory: the argument, else $MNIST_LAB_STORE, else ./runs."""
+    return Path(store_dir or os.environ.get(STORE_ENV) or DEFAULT_STORE).expanduser()
+
+
+def clean_run_name(name: str | None) -> str | None:
+    """Strip a run name and reject one that is too long or has control characters."""
+    if name is None:
+        return None
+    name = name.strip()
+    if not name:
+        return None
+    if len(name) > MAX_NAME_LENGTH:
+        raise StoreError(f"run name is {len(name)} characters long; use at most {MAX_NAME_LENGTH}")
+    if any(ord(c) < 32 for c in name):
+        raise StoreError("run name contains control characters such as newlines; use printable text")
+    return name
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited but not yet reaped) still answers kill(0); /proc tells them apart on Linux.
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.exists():
+        try:
+            return stat.read_text().split(") ")[-1].split()[0] != "Z"
+        except OSError:
+            return True
+    return True
+
+
+class RunStore:
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = resolve_store_dir(root)
+        self.db_path = self.root / "runs.sqlite"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self.connect() as conn:
+                conn.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as error:
+            raise StoreError(f"cannot open the run store at {self.root}: {error}; check that the folder is writable") from error
+
+    # -- connections -------------------------------------------------------
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """Yield a connection inside one transaction, committed on success and rolled back on error."""
+        try:
+            with closing(sqlite3.connect(self.db_path, timeout=30)) as conn:
+                conn.row_factory = sqlite3.Row
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                with conn:
+                    yield conn
+        except sqlite3.Error as error:
+            raise StoreError(f"run store {self.db_path} failed: {error}") from error
+
+    def run_dir(self, run_id: int) -> Path:
+        return self.root / "checkpoints" / str(int(run_id))
+
+    # -- writing -----------------------------------------------------------
+
+    def create_run(
+        self,
+        model_config: dict[str, Any],
+        train_config: dict[str, Any],
+        *,
+        name: str | None = None,
+        status: str = "queued",
+        source: str = "app",
+        params: int | None = None,
+        pid: int | None = None,
+    ) -> int:
+        name = clean_run_name(name)
+        now = time.time()
+        with self.connect() as conn:
+            cursor = conn.execute(
+                "INSERT INTO runs (name, arch, model_config, train_config, params, device, status, source,"
+                " created_at, started_at, heartbeat_at, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name or "",
+                    model_config["arch"],
+                    json.dumps(model_config),
+                    json.dumps(train_config),
+                    params,
+                    train_config.get("device"),
+                    status,
+                    source,
+                    now,
+                    now if status == "running" else None,
+                    now if status == "running" else None,
+                    pid,
+                ),
+            )
+            run_id = cursor.lastrowid
+            if not name:
+                conn.execute("UPDATE runs SET name = ? WHERE id = ?", (f"{model_config['arch']}-{run_id}", run_id))
+        return run_id
+
+    def claim_next_queued(self) -> dict[str, Any] | None:
+        """Mark the oldest queued run as running and return it, atomically across processes."""
+        with self.connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT id FROM runs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            now = time.time()
+            conn.execute(
+                "UPDATE runs SET status = 'running', started_at = ?, heartbeat_at = ? WHERE id = ?",
+                (now, now, row["id"]),
+            )
+        return self.get_run(row["id"])
+
+    def set_pid(self, run_id: int, pid: int) -> None:
+        with self.connect() as conn:
+            conn.execute("UPDATE runs SET pid = ?, heartbeat_at = ? WHERE id = ?", (pid, time.time(), run_id))
+
+    def record_start(self, run_id: int, *, params: int, device: str, total_steps: int) -> None:
+        with self.connect() as conn:
+            conn.execute(
+                "UPDATE runs SET params = ?, device = ?, total_steps = ?, heartbeat_at = ? WHERE id = ?",
+                (params, device, total_steps, time.time(), run_id),
+            )
+
+    def add_step_points(self, run_id: int, points: list[dict[str, Any]], *, progress: float) -> None:
+        with self.connect() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO step_metrics (run_id, step, epoch, train_loss, lr, wall_time_s)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(run_id, p["step"], p["epoch"], p["train_loss"], p.get("lr"), p.get("wall_time_s")) for p in points],
+            )
+            conn.execute("UPDATE runs SET progress = ?, heartbeat_at = ? WHERE id = ?", (progress, time.time(), run_id))
+
+    def add_epoch(self, run_id: int, metrics: dict[str, Any]) -> None:
+        with self.connect() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO epoch_metrics (run_id, epoch, {', '.join(EPOCH_FIELDS)})"
+                f" VALUES (?, ?, {', '.join('?' * len(EPOCH_FIELDS))})",
+                (run_id, metrics["epoch"], *[metrics.get(k) for k in EPOCH_FIELDS]),
+            )
+            conn.execute(
+                "UPDATE runs SET epochs_completed = ?, heartbeat_at = ?,"
+                " best_val_accuracy = MAX(COALESCE(best_val_accuracy, 0), ?) WHERE id = ?",
+                (metrics["epoch"], time.time(), metrics["val_accuracy"], run_id),
+            )
+
+    def finish(self, run_id: int, status: str, **fields: Any) -> None:
+        """Set a final status plus any result columns (test_accuracy, error, checkpoint, ...)."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        if "confusion" in fields and fields["confusion"] is not None:
+            fields["confusion"] = json.dumps(fields["confusion"])
+        columns = {"status": status, "finished_at": time.time(), **fields}
+        assignments = ", ".join(f"{k} = ?" for k in columns)
+        with self.connect() as conn:
+            conn.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*columns.values(), run_id))
+
+    def request_cancel(self, run_id: int) -> str:
+        """Cancel a queued run at once, or ask a running one to stop; return the new status."""
+        with self.connect() as conn:
+            row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"run {run_id} not found")
+            if row["status"] == "queued":
+                conn.execute(
+                    "UPDATE runs SET status = 'cancelled', finished_at = ?, error = 'cancelled before it started'"
+                    " WHERE id = ?",
+                    (time.time(), run_id),
+                )
+                return "cancelled"
+            if row["status"] == "running":
+                conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,))
+            return row["status"]
+
+    def cancel_requested(self, run_id: int) -> bool:
+        with self.connect() as conn:
+            row = conn.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return bool(row and row["cancel_requested"])
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a finished run, its metrics and its weights; active runs must be cancelled first."""
+        run = self.get_run(run_id)
+        if run["status"] in ACTIVE_STATUSES:
+            raise StoreError(f"run {run_id} is {run['status']}; cancel it before deleting it")
+        with self.connect() as conn:
+            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        folder = self.run_dir(run_id)
+        if folder.is_dir():
+            for path in folder.iterdir():
+                path.unlink()
+            folder.rmdir()
+
+    def recover_stale_runs(self, *, heartbeat_timeout_s: float = 120.0) -> list[int]:
+        """Mark running runs whose process is gone (or silent too long) as interrupted; return their ids."""
+        recovered = []
+        now = time.time()
+        for run in self.list_runs(statuses=("running",)):
+            process_gone = run["pid"] is not None and not pid_alive(run["pid"])
+            silent = run["heartbeat_at"] is not None and now - run["heartbeat_at"] > heartbeat_timeout_s
+            if not (process_gone or silent):
+                continue
+            reason = (
+                f"training process {run['pid']} stopped without finishing"
+                if process_gone
+                else f"no progress reported for {now - run['heartbeat_at']:.0f} s"
+            )
+            with self.connect() as conn:
+                updated = conn.execute(
+                    "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? WHERE id = ? AND status = 'running'",
+                    (now, f"{reason}; the {run['epochs_completed']} completed epochs are kept", run["id"]),
+                ).rowcount
+            if updated:
+                recovered.append(run["id"])
+        return recovered
+
+    # -- reading -----------------------------------------------------------
+
+    def get_run(self, run_id: int) -> dict[str, Any]:
+        with self.connect() as conn:
+            row = conn.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+        if row is None:
+            raise StoreError(f"run {run_id} not found in {self.root}")
+        return _decode(row)
+
+    def list_runs(self, *, statuses: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        query = "SELECT * FROM runs"
+        args: tuple = ()
+        if statuses:
+            query += f" WHERE status IN ({', '.join('?' * len(statuses))})"
+            args = tuple(statuses)
+        with self.connect() as conn:
+            rows = conn.execute(query + " ORDER BY id", args).fetchall()
+        return [_decode(r) for r in rows]
+
+    def step_metrics(self, run_ids: list[int]) -> list[dict[str, Any]]:
+        return self._metrics("step_metrics", "step", run_ids)
+
+    def epoch_metrics(self, run_ids: list[int]) -> list[dict[str, Any]]:
+        return self._metrics("epoch_metrics", "epoch", run_ids)
+
+    def _metrics(self, table: str, order: str, run_ids: list[int]) -> list[dict[str, Any]]:
+        if not run_ids:
+            return []
+        marks = ", ".join("?" * len(run_ids))
+        with self.connect() as conn:
+            rows = conn.execute(
+                f"SELECT * FROM {table} WHERE run_id IN ({marks}) ORDER BY run_id, {order}", [int(i) for i in run_ids]
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+
+def _decode(row: sqlite3.Row) -> dict[str, Any]:
+    run = dict(row)
+    for key in ("model_config", "train_config", "confusion"):
+        if run.get(key):
+            run[key] = json.loads(run[key])
+    return run

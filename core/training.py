@@ -1,0 +1,321 @@
+"""Plain PyTorch training loop on device-resident MNIST tensors.
+
+Defaults sit together in TrainConfig. The loop syncs with the host only at
+thinned logging points and at epoch ends, so the step itself stays on device.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.data import MNISTData, load_mnist, normalize
+from core.devices import autocast_for, resolve_device
+from core.errors import ConfigError, LabError
+from core.models import build_model, count_parameters, normalize_model_config
+from core.models.config import NUM_CLASSES, config_from_dict, config_to_dict
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("onecycle", "cosine", "constant")
+MAX_LOSS_POINTS = 2000  # per-step loss is averaged over groups of steps to stay under this
+# Small eval batches run fastest on CPU (cache-resident activations); GPUs want large ones.
+EVAL_BATCH_SIZE = {"cpu": 128}
+DEFAULT_EVAL_BATCH_SIZE = 1024
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = "adamw"
+    lr: float = 3e-3  # peak learning rate for OneCycle, start rate for cosine
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 1e-4
+    scheduler: str = "onecycle"
+    label_smoothing: float = 0.0
+    epochs: int = 5
+    batch_size: int = 128
+    seed: int = 0
+    early_stopping_patience: int = 0  # epochs without a new best val_accuracy; 0 turns it off
+    device: str = "auto"
+    train_subset: int | None = None  # first N images of the 55,000 training split
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}; try 0.003 for Adam or 0.05 for SGD")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be 0 or more, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ConfigError(f"batch_size must be at least 2 (BatchNorm needs two images), got {self.batch_size}")
+        if self.early_stopping_patience < 0:
+            raise ConfigError(f"early_stopping_patience must be 0 (off) or more, got {self.early_stopping_patience}")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ConfigError(f"train_subset must be at least 1, got {self.train_subset}")
+        train_size = self.train_subset or 55000
+        if self.batch_size > train_size:
+            raise ConfigError(
+                f"batch_size {self.batch_size} is larger than the {train_size} training images; "
+                f"use a batch size of at most {train_size}"
+            )
+
+
+def parse_train_config(data: dict[str, Any]) -> TrainConfig:
+    config = config_from_dict(TrainConfig, {**config_to_dict(TrainConfig()), **data}, where="train")
+    config.validate()
+    return config
+
+
+class TrainingStopped(LabError):
+    """Raised inside the loop when the run must end early; ``status`` says why."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Callbacks:
+    """Hooks the loop calls; the worker and CLI override them to store progress."""
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+
+    def on_steps(self, points: list[dict[str, Any]]) -> None: ...
+
+    def on_epoch(self, metrics: dict[str, Any]) -> None: ...
+
+    def should_stop(self) -> bool:
+        return False
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    predictions: torch.Tensor  # (N,) int64 on CPU
+    confusion: list[list[int]]  # [true][predicted]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int | None = None) -> EvalResult:
+    """Evaluate ``model`` on uint8 images (N, 28, 28); the model is left in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    batch_size = batch_size or EVAL_BATCH_SIZE.get(device.type, DEFAULT_EVAL_BATCH_SIZE)
+    total_loss = torch.zeros((), device=device)
+    predictions = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start : start + batch_size].to(device))
+        y = labels[start : start + batch_size].to(device)
+        with autocast_for(device):
+            logits = model(x)
+        total_loss += F.cross_entropy(logits.float(), y, reduction="sum")
+        predictions.append(logits.argmax(dim=1))
+
+    predicted = torch.cat(predictions).cpu()
+    truth = labels.cpu()
+    confusion = torch.bincount(truth * NUM_CLASSES + predicted, minlength=NUM_CLASSES**2).view(NUM_CLASSES, NUM_CLASSES)
+    return EvalResult(
+        loss=total_loss.item() / len(images),
+        accuracy=(predicted == truth).float().mean().item(),
+        predictions=predicted,
+        confusion=confusion.tolist(),
+    )
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    if config.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    model_config: dict[str, Any]
+    train_config: dict[str, Any]
+    params: int
+    device: str
+    epochs_completed: int
+    best_epoch: int
+    best_val_accuracy: float
+    test: EvalResult
+    wall_time_s: float
+
+
+def prepare_run(model_config: dict[str, Any], train_config: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
+    """Validate both configs before any training; return the complete model config."""
+    return normalize_model_config(model_config), parse_train_config(train_config)
+
+
+def train(
+    model_config: dict[str, Any],
+    train_config: dict[str, Any],
+    *,
+    data_dir: str | None = None,
+    data: MNISTData | None = None,
+    callbacks: Callbacks | None = None,
+    log_prefix: str = "",
+) -> TrainResult:
+    """Train one model and evaluate it on the official test set.
+
+    Raises TrainingStopped with status "diverged" when the loss becomes NaN or
+    infinite and "cancelled" when ``callbacks.should_stop()`` turns true.
+    """
+    callbacks = callbacks or Callbacks()
+    model_config, config = prepare_run(model_config, train_config)
+    device = resolve_device(config.device)
+    started = time.perf_counter()
+
+    torch.manual_seed(config.seed)
+    model = build_model(model_config).to(device)
+    params = count_parameters(model)
+    if data is None or data.device != device:
+        data = load_mnist(data_dir, device=device, train_subset=config.train_subset)
+    elif config.train_subset is not None:
+        data = copy.copy(data)
+        data.train_images = data.train_images[: config.train_subset]
+        data.train_labels = data.train_labels[: config.train_subset]
+
+    n_train = len(data.train_images)
+    steps_per_epoch = n_train // config.batch_size  # the last partial batch is dropped; shuffling varies it
+    total_steps = steps_per_epoch * config.epochs
+    log_every = max(1, math.ceil(total_steps / MAX_LOSS_POINTS))
+    optimizer = _make_optimizer(model, config)
+    scheduler = _make_scheduler(optimizer, config, total_steps)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    callbacks.on_start(
+        {"params": params, "device": str(device), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "train_size": n_train}
+    )
+    log.info("%sstart: %d parameters on %s, %d epochs of %d steps", log_prefix, params, device, config.epochs, steps_per_epoch)
+
+    best_val, best_epoch, best_state, stale_epochs = -1.0, 0, None, 0
+    step = 0
+    epochs_completed = 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        epoch_start = time.perf_counter()
+        order = torch.randperm(n_train, generator=generator).to(device)
+        epoch_loss = torch.zeros((), device=device)
+        epoch_correct = torch.zeros((), device=device, dtype=torch.long)
+        window_loss = torch.zeros((), device=device)
+        window_steps = 0
+        points: list[dict[str, Any]] = []
+
+        for batch in range(steps_per_epoch):
+            index = order[batch * config.batch_size : (batch + 1) * config.batch_size]
+            x = normalize(data.train_images[index])
+            y = data.train_labels[index]
+            with autocast_for(device):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+
+            detached = loss.detach()
+            epoch_loss += detached
+            window_loss += detached
+            window_steps += 1
+            epoch_correct += (logits.argmax(dim=1) == y).sum()
+
+            if step % log_every == 0 or batch == steps_per_epoch - 1:
+                mean_loss = (window_loss / window_steps).item()  # the only host sync inside an epoch
+                if not math.isfinite(mean_loss):
+                    raise TrainingStopped(
+                        "diverged",
+                        f"training loss became {mean_loss} at step {step} (epoch {epoch}); "
+                        f"lower the learning rate (now {config.lr}) or add weight decay",
+                    )
+                points.append(
+                    {"step": step, "epoch": epoch - 1 + (batch + 1) / steps_per_epoch, "train_loss": mean_loss,
+                     "lr": scheduler.get_last_lr()[0], "wall_time_s": time.perf_counter() - started}
+                )
+                window_loss.zero_()
+                window_steps = 0
+                if len(points) >= 20 or batch == steps_per_epoch - 1:
+                    callbacks.on_steps(points)
+                    points = []
+                if callbacks.should_stop():
+                    raise TrainingStopped("cancelled", f"cancelled at step {step} (epoch {epoch})")
+
+        epoch_time = time.perf_counter() - epoch_start
+        val = evaluate(model, data.val_images, data.val_labels)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": epoch_loss.item() / steps_per_epoch,
+            "train_accuracy": epoch_correct.item() / (steps_per_epoch * config.batch_size),
+            "val_loss": val.loss,
+            "val_accuracy": val.accuracy,
+            "lr": scheduler.get_last_lr()[0],
+            "images_per_s": steps_per_epoch * config.batch_size / epoch_time,
+            "epoch_time_s": epoch_time,
+            "wall_time_s": time.perf_counter() - started,
+        }
+        epochs_completed = epoch
+        if not math.isfinite(metrics["train_loss"]) or not math.isfinite(val.loss):
+            raise TrainingStopped("diverged", f"loss became non-finite in epoch {epoch}; lower the learning rate (now {config.lr})")
+        callbacks.on_epoch(metrics)
+        log.info(
+            "%sepoch %d/%d: train_loss %.4f val_loss %.4f val_accuracy %.4f (%.1f s, %.0f images/s)",
+            log_prefix, epoch, config.epochs, metrics["train_loss"], val.loss, val.accuracy, epoch_time, metrics["images_per_s"],
+        )
+
+        if val.accuracy > best_val:
+            best_val, best_epoch, stale_epochs = val.accuracy, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale_epochs += 1
+        if config.early_stopping_patience and stale_epochs >= config.early_stopping_patience:
+            log.info("%searly stopping after epoch %d: best val_accuracy %.4f at epoch %d", log_prefix, epoch, best_val, best_epoch)
+            break
+        if callbacks.should_stop():
+            raise TrainingStopped("cancelled", f"cancelled after epoch {epoch}")
+
+    if best_state is not None:
+        model.load_state_dict(best_state)  # report the test result of the best validation epoch
+    test = evaluate(model, data.test_images, data.test_labels)
+    wall_time = time.perf_counter() - started
+    log.info("%sfinished: test_accuracy %.4f test_loss %.4f in %.1f s", log_prefix, test.accuracy, test.loss, wall_time)
+    return TrainResult(
+        model=model,
+        model_config=model_config,
+        train_config=config_to_dict(config),
+        params=params,
+        device=str(device),
+        epochs_completed=epochs_completed,
+        best_epoch=best_epoch,
+        best_val_accuracy=best_val,
+        test=test,
+        wall_time_s=wall_time,
+    )
