@@ -113,9 +113,8 @@ def cmd_archs(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from core.checkpoints import load_checkpoint, save_checkpoint
     from core.models import default_model_config
-    from core.runner import execute_run
+    from core.runner import execute_run, export_run
     from core.training import prepare_run
 
     model_config = default_model_config(args.arch)
@@ -165,9 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
 
     if args.export:
-        loaded = load_checkpoint(run["checkpoint"])
-        info = {**loaded.info, "command": " ".join(["python -m core"] + sys.argv[1:])}
-        exported = save_checkpoint(args.export, loaded.model, loaded.model_config, info)
+        exported = export_run(store, run_id, args.export, command=" ".join(["python -m core"] + sys.argv[1:]))
         log.info("run %d: exported weights to %s", run_id, exported)
 
     result = {
@@ -273,6 +270,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from core.runner import export_run
+
+    path = export_run(_store(args), args.run, args.path, command=args.command_line)
+    print(f"run {args.run}: weights written to {path} and {path.with_suffix('.json')}")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from core.worker import worker_main
 
@@ -337,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", parents=[common], help="cancel a queued or running run")
     p.add_argument("run", type=int, help="run id")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("export", parents=[common], help="copy a completed run's weights, results and curves to a .safetensors file")
+    p.add_argument("run", type=int, help="run id")
+    p.add_argument("path", help="output path (.safetensors; a .json with the same name is written beside it)")
+    p.add_argument("--command-line", default=None, help="the training command to record in the file")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("worker", parents=[common], help="run the background worker in the foreground (the app starts one itself)")
     p.set_defaults(func=cmd_worker)

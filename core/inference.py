@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ class ModelEntry:
     arch: str
     test_accuracy: float | None
     params: int | None
+    info: dict = field(default_factory=dict, compare=False)  # the checkpoint's saved record (shipped models)
 
 
 def shipped_models(directory: str | os.PathLike = SHIPPED_DIR) -> list[ModelEntry]:
@@ -37,6 +38,7 @@ def shipped_models(directory: str | os.PathLike = SHIPPED_DIR) -> list[ModelEntr
                 arch=record["model_config"]["arch"],
                 test_accuracy=record.get("test_accuracy"),
                 params=record.get("params"),
+                info=record,
             )
         )
     return entries

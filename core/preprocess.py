@@ -147,6 +147,13 @@ def read_image(source: str | os.PathLike | bytes) -> np.ndarray:
             return np.asarray(image)
     except ImageError:
         raise
+    except Image.DecompressionBombError as error:
+        # Pillow raises this while reading the header, before the size check above runs,
+        # for images over twice PIL.Image.MAX_IMAGE_PIXELS (about 179 million pixels by default).
+        raise ImageError(
+            f"{label} is too large ({error}); images up to {MAX_IMAGE_PIXELS:,} pixels "
+            "(4096x4096) are accepted, so scale it down first"
+        ) from error
     except UnidentifiedImageError as error:
         raise ImageError(f"{label} is not an image this tool can read; use PNG, JPEG, GIF, BMP or WebP") from error
     except (OSError, ValueError, SyntaxError) as error:

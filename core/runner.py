@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
-from core.checkpoints import save_checkpoint
+from core.checkpoints import load_checkpoint, save_checkpoint
 from core.errors import LabError
 from core.store import RunStore
 from core.training import Callbacks, TrainingStopped, train
@@ -83,6 +84,7 @@ def execute_run(
             "best_val_accuracy": result.best_val_accuracy,
             "test_accuracy": result.test.accuracy,
             "test_loss": result.test.loss,
+            "confusion": result.test.confusion,
             "wall_time_s": result.wall_time_s,
         }
         path = save_checkpoint(store.run_dir(run_id) / "model.safetensors", result.model, result.model_config, info)
@@ -114,3 +116,24 @@ def execute_run(
             error=f"{type(error).__name__}: {error} (in {last_frame.name}, {last_frame.filename}:{last_frame.lineno})",
         )
     return store.get_run(run_id)
+
+
+def export_run(store: RunStore, run_id: int, path: str, *, command: str | None = None) -> Path:
+    """Copy a completed run's weights to ``path`` with its results and curves in the record.
+
+    Shipped checkpoints are made this way, so the Compare page can show their
+    curves and confusion matrix without the store they were trained in.
+    """
+    run = store.get_run(run_id)
+    if run["status"] != "completed" or not run["checkpoint"]:
+        raise LabError(f"run {run_id} is {run['status']}; only completed runs can be exported")
+    loaded = load_checkpoint(run["checkpoint"])
+    keep = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "epoch_time_s", "wall_time_s")
+    history = {
+        "epochs": [{"epoch": e["epoch"], **{k: e[k] for k in keep}} for e in store.epoch_metrics([run_id])],
+        "steps": [{"step": s["step"], "epoch": s["epoch"], "train_loss": s["train_loss"]} for s in store.step_metrics([run_id])],
+    }
+    info = {**loaded.info, "confusion": run["confusion"], "history": history}
+    if command:
+        info["command"] = command
+    return save_checkpoint(path, loaded.model, loaded.model_config, info)

@@ -207,7 +207,8 @@ def train(
     n_train = len(data.train_images)
     steps_per_epoch = n_train // config.batch_size  # the last partial batch is dropped; shuffling varies it
     total_steps = steps_per_epoch * config.epochs
-    log_every = max(1, math.ceil(total_steps / MAX_LOSS_POINTS))
+    # Every epoch end adds one point off the log_every grid, so those are reserved out of the budget.
+    log_every = max(1, math.ceil(total_steps / max(1, MAX_LOSS_POINTS - config.epochs)))
     optimizer = _make_optimizer(model, config)
     scheduler = _make_scheduler(optimizer, config, total_steps)
     generator = torch.Generator().manual_seed(config.seed)

@@ -1,0 +1,107 @@
+"""Plotly figures shared by the pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+PALETTE = qualitative.Plotly
+
+
+def _color(index: int) -> str:
+    return PALETTE[index % len(PALETTE)]
+
+
+def _layout(fig: go.Figure, *, title: str, x_title: str, y_title: str, log_y: bool = False, height: int = 340) -> go.Figure:
+    fig.update_layout(
+        title=title,
+        height=height,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        legend={"orientation": "h", "y": -0.2},
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+    )
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def loss_figure(names: dict[int, str], steps: list[dict], epochs: list[dict], *, log_y: bool = False) -> go.Figure:
+    """Per-step training loss (thin) and per-epoch train and validation loss, x in epochs."""
+    fig = go.Figure()
+    for i, (run_id, name) in enumerate(names.items()):
+        color = _color(i)
+        run_steps = [s for s in steps if s["run_id"] == run_id]
+        run_epochs = [e for e in epochs if e["run_id"] == run_id]
+        if run_steps:
+            fig.add_scatter(
+                x=[s["epoch"] for s in run_steps], y=[s["train_loss"] for s in run_steps], mode="lines",
+                name=f"{name} train (step)", line={"color": color, "width": 1}, opacity=0.45,
+            )
+        if run_epochs:
+            fig.add_scatter(
+                x=[e["epoch"] for e in run_epochs], y=[e["train_loss"] for e in run_epochs], mode="lines+markers",
+                name=f"{name} train", line={"color": color, "width": 2},
+            )
+            fig.add_scatter(
+                x=[e["epoch"] for e in run_epochs], y=[e["val_loss"] for e in run_epochs], mode="lines+markers",
+                name=f"{name} validation", line={"color": color, "width": 2, "dash": "dash"},
+            )
+    return _layout(fig, title="Loss", x_title="epoch", y_title="cross-entropy loss", log_y=log_y)
+
+
+def accuracy_figure(names: dict[int, str], epochs: list[dict]) -> go.Figure:
+    fig = go.Figure()
+    for i, (run_id, name) in enumerate(names.items()):
+        run_epochs = [e for e in epochs if e["run_id"] == run_id]
+        if not run_epochs:
+            continue
+        color = _color(i)
+        x = [e["epoch"] for e in run_epochs]
+        fig.add_scatter(x=x, y=[e["train_accuracy"] for e in run_epochs], mode="lines+markers", name=f"{name} train", line={"color": color})
+        fig.add_scatter(
+            x=x, y=[e["val_accuracy"] for e in run_epochs], mode="lines+markers", name=f"{name} validation",
+            line={"color": color, "dash": "dash"},
+        )
+    fig.update_yaxes(tickformat=".1%")
+    return _layout(fig, title="Accuracy", x_title="epoch", y_title="accuracy")
+
+
+def confusion_figure(matrix: list[list[int]], *, title: str) -> go.Figure:
+    labels = [str(d) for d in range(len(matrix))]
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix, x=labels, y=labels, colorscale="Blues", showscale=False,
+            text=matrix, texttemplate="%{text}", hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title=title, x_title="predicted", y_title="true", height=360)
+
+
+def params_figure(rows: list[dict[str, Any]], selected: set[str]) -> go.Figure:
+    """Test accuracy against parameter count; selected rows drawn larger."""
+    fig = go.Figure()
+    rows = [r for r in rows if r.get("test_accuracy") is not None and r.get("params")]
+    for i, arch in enumerate(sorted({r["architecture"] for r in rows})):
+        group = [r for r in rows if r["architecture"] == arch]
+        fig.add_scatter(
+            x=[r["params"] for r in group], y=[r["test_accuracy"] for r in group], mode="markers", name=arch,
+            text=[r["name"] for r in group],
+            marker={"size": [16 if r["key"] in selected else 9 for r in group], "color": _color(i)},
+            hovertemplate="%{text}<br>%{x:,} parameters<br>test accuracy %{y:.2%}<extra></extra>",
+        )
+    fig.update_xaxes(type="log")
+    fig.update_yaxes(tickformat=".1%")
+    return _layout(fig, title="Test accuracy vs parameters", x_title="parameters (log scale)", y_title="test accuracy")
+
+
+def probabilities_figure(probabilities: list[float]) -> go.Figure:
+    top = max(range(len(probabilities)), key=probabilities.__getitem__)
+    colors = ["#1f77b4" if d != top else "#d62728" for d in range(len(probabilities))]
+    fig = go.Figure(go.Bar(x=[str(d) for d in range(len(probabilities))], y=probabilities, marker_color=colors))
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    fig.update_xaxes(type="category")
+    return _layout(fig, title="", x_title="digit", y_title="probability", height=220)

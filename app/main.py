@@ -1,0 +1,30 @@
+"""Streamlit entry point: ``streamlit run app/main.py``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # `streamlit run` puts app/ on the path, not the repository root
+
+import streamlit as st
+
+from app.services import ensure_worker, get_store
+
+st.set_page_config(page_title="MNIST Architecture Lab", page_icon="✏️", layout="wide")
+
+PAGES = ROOT / "app" / "views"  # not "pages": Streamlit would also list that folder as a second menu
+navigation = st.navigation(
+    [
+        st.Page(PAGES / "train.py", title="Train", icon=":material/model_training:", default=True),
+        st.Page(PAGES / "compare.py", title="Compare", icon=":material/compare_arrows:"),
+        st.Page(PAGES / "draw.py", title="Draw", icon=":material/draw:"),
+    ]
+)
+
+with st.sidebar:
+    st.caption(f"Run store: `{get_store().root}`  \n{ensure_worker()}")
+
+navigation.run()

@@ -1,0 +1,83 @@
+"""Process-wide resources for the pages: the run store, the worker and loaded models.
+
+Streamlit caches each one once per server process; pages call these helpers
+and ``core`` and contain no training or file-parsing logic of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from core.data import resolve_data_dir
+from core.errors import LabError
+from core.inference import ModelEntry, load_cached, run_models, shipped_models
+from core.models import build_model, count_parameters, normalize_model_config, stage_plan
+from core.store import RunStore, resolve_store_dir
+from core.worker import start_worker
+
+log = logging.getLogger(__name__)
+
+REFRESH_S = 2.0  # live charts poll the store this often while a run is queued or running
+NO_WORKER_ENV = "MNIST_LAB_NO_WORKER"  # set to 1 to run the app without starting a worker (tests)
+
+
+@st.cache_resource(show_spinner=False)
+def get_store() -> RunStore:
+    store = RunStore(resolve_store_dir())
+    recovered = store.recover_stale_runs()
+    for run_id in recovered:
+        log.warning("run %d: marked interrupted at app start; its training process was gone", run_id)
+    return store
+
+
+@st.cache_resource(show_spinner=False)
+def ensure_worker() -> str:
+    """Start the background worker once per server process; return a status line for the sidebar."""
+    store = get_store()
+    if os.environ.get(NO_WORKER_ENV) == "1":
+        return "worker disabled"
+    data_dir = str(resolve_data_dir().resolve())
+    process = start_worker(store.root, data_dir)
+    return f"worker pid {process.pid}" if process else "worker already running"
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def describe_config(config_json: str) -> dict[str, Any]:
+    """Return the complete config, parameter count and stage plan, or the config error."""
+    import json
+
+    config = json.loads(config_json)
+    try:
+        complete = normalize_model_config(config)
+        return {
+            "config": complete,
+            "params": count_parameters(build_model(complete)),
+            "plan": stage_plan(complete),
+            "error": None,
+        }
+    except LabError as error:
+        return {"config": None, "params": None, "plan": [], "error": str(error)}
+
+
+def list_models(store: RunStore) -> list[ModelEntry]:
+    """Shipped models first, then completed runs."""
+    entries = []
+    try:
+        entries += shipped_models()
+    except LabError as error:
+        st.warning(f"A shipped checkpoint could not be read: {error}")
+    return entries + run_models(store)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _load_model(path: str, mtime_ns: int):
+    return load_cached(path)
+
+
+def load_model(path: Path):
+    return _load_model(str(path), path.stat().st_mtime_ns)

@@ -1,0 +1,110 @@
+"""Compare page: every run and shipped model in one table; overlay curves and confusion matrices."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.charts import accuracy_figure, confusion_figure, loss_figure, params_figure
+from app.services import get_store, list_models
+from core.errors import LabError
+from core.store import ACTIVE_STATUSES
+
+store = get_store()
+st.title("Compare")
+
+runs = store.list_runs()
+shipped = [m for m in list_models(store) if m.key.startswith("shipped:")]
+
+rows = []
+for model in shipped:
+    info = model.info
+    rows.append(
+        {
+            "key": model.key, "name": model.label, "architecture": model.arch, "params": model.params,
+            "best_val_accuracy": info.get("best_val_accuracy"), "test_accuracy": model.test_accuracy,
+            "epochs": info.get("epochs_completed"), "training_time_s": info.get("wall_time_s"),
+            "device": info.get("device"), "status": "shipped",
+        }
+    )
+for run in runs:
+    rows.append(
+        {
+            "key": f"run:{run['id']}", "name": f"#{run['id']} {run['name']}", "architecture": run["arch"], "params": run["params"],
+            "best_val_accuracy": run["best_val_accuracy"], "test_accuracy": run["test_accuracy"],
+            "epochs": run["epochs_completed"], "training_time_s": run["wall_time_s"], "device": run["device"], "status": run["status"],
+        }
+    )
+
+if not rows:
+    st.info("Nothing to compare yet: train a model on the Train page.")
+    st.stop()
+
+st.caption("Select rows to overlay their curves and confusion matrices.")
+event = st.dataframe(
+    rows,
+    key="runs_table",
+    on_select="rerun",
+    selection_mode="multi-row",
+    hide_index=True,
+    column_order=["name", "architecture", "params", "best_val_accuracy", "test_accuracy", "epochs", "training_time_s", "device", "status"],
+    column_config={
+        "params": st.column_config.NumberColumn("parameters", format="localized"),
+        "best_val_accuracy": st.column_config.NumberColumn("best val accuracy", format="percent"),
+        "test_accuracy": st.column_config.NumberColumn("test accuracy", format="percent"),
+        "training_time_s": st.column_config.NumberColumn("training time (s)", format="%.1f"),
+    },
+)
+selected = [rows[i] for i in event.selection.rows]
+selected_keys = {r["key"] for r in selected}
+
+st.plotly_chart(params_figure(rows, selected_keys), key="params_chart")
+
+if selected:
+    histories = {r["key"]: r for r in selected}
+    run_ids = [int(k.split(":")[1]) for k in histories if k.startswith("run:")]
+    names, steps, epochs = {}, store.step_metrics(run_ids), store.epoch_metrics(run_ids)
+    for run_id in run_ids:
+        names[run_id] = histories[f"run:{run_id}"]["name"]
+    # Shipped models carry their own curves in their checkpoint's JSON; give them negative ids.
+    for index, model in enumerate(m for m in shipped if m.key in selected_keys):
+        fake_id = -(index + 1)
+        names[fake_id] = model.label
+        epochs += [{**e, "run_id": fake_id} for e in model.info.get("history", {}).get("epochs", [])]
+        steps += [{**s, "run_id": fake_id} for s in model.info.get("history", {}).get("steps", [])]
+
+    log_y = st.toggle("Log-scale loss", key="compare_log")
+    left, right = st.columns(2)
+    left.plotly_chart(loss_figure(names, steps, epochs, log_y=log_y), key="compare_loss")
+    right.plotly_chart(accuracy_figure(names, epochs), key="compare_accuracy")
+
+    st.subheader("Confusion matrices (official test set)")
+    matrices = []
+    for row in selected:
+        if row["key"].startswith("run:"):
+            confusion = store.get_run(int(row["key"].split(":")[1]))["confusion"]
+        else:
+            confusion = next(m for m in shipped if m.key == row["key"]).info.get("confusion")
+        if confusion:
+            matrices.append((row["name"], confusion))
+    if not matrices:
+        st.caption("The selected runs have no test results yet.")
+    columns = st.columns(min(3, max(1, len(matrices))))
+    for index, (title, matrix) in enumerate(matrices):
+        columns[index % len(columns)].plotly_chart(confusion_figure(matrix, title=title), key=f"confusion_{index}")
+
+with st.expander("Delete a run"):
+    deletable = [r for r in runs if r["status"] not in ACTIVE_STATUSES]
+    if not deletable:
+        st.caption("No finished runs to delete. Shipped models cannot be deleted here.")
+    else:
+        run_id = st.selectbox("Run", [r["id"] for r in deletable], format_func=lambda i: next(f"#{r['id']} {r['name']} ({r['status']})" for r in deletable if r["id"] == i))
+        confirm = st.checkbox("Yes, delete this run, its metrics and its weights", key="confirm_delete")
+        if st.button("Delete run", disabled=not confirm, key="delete_run"):
+            try:
+                store.delete_run(run_id)
+            except LabError as error:
+                st.error(str(error))
+            else:
+                st.session_state.pop("confirm_delete", None)
+                st.toast(f"Run {run_id} deleted")
+                st.rerun()

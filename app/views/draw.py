@@ -1,0 +1,88 @@
+"""Draw page: draw or upload a digit and see what every selected model answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from app.charts import probabilities_figure
+from app.services import get_store, list_models, load_model
+from core.errors import LabError
+from core.inference import predict_probabilities
+from core.preprocess import read_image, to_mnist
+
+CANVAS_SIZE = 280
+store = get_store()
+st.title("Draw")
+
+models = list_models(store)
+if not models:
+    st.warning("No trained models yet: the checkpoints/ folder is empty and no run has completed.")
+    st.stop()
+
+labels = {m.key: m.label for m in models}
+default_keys = [m.key for m in models if m.key.startswith("shipped:")] or [models[0].key]
+chosen = st.multiselect("Models", list(labels), default=default_keys, format_func=labels.get, key="draw_models")
+
+draw_col, input_col = st.columns([3, 2])
+with draw_col:
+    st.session_state.setdefault("canvas_version", 0)
+    stroke = st.slider("Stroke width", 8, 40, 22, key="stroke_width")
+    pixels = None
+    try:
+        from streamlit_drawable_canvas import st_canvas
+    except Exception as error:  # the component only registers under `streamlit run`
+        st.warning(f"The drawing canvas is unavailable here ({type(error).__name__}); upload an image instead.")
+    else:
+        result = st_canvas(
+            stroke_width=stroke,
+            stroke_color="#FFFFFF",
+            background_color="#000000",
+            height=CANVAS_SIZE,
+            width=CANVAS_SIZE,
+            drawing_mode="freedraw",
+            return_image_data=True,
+            key=f"canvas_{st.session_state.canvas_version}",
+        )
+        if result is not None and result.image_data is not None:
+            pixels = np.asarray(result.image_data)
+    if st.button("Clear", key="clear_canvas"):
+        st.session_state.canvas_version += 1
+        st.rerun()
+    upload = st.file_uploader("...or upload an image of one digit", type=["png", "jpg", "jpeg", "gif", "bmp", "webp"], key="upload")
+
+digit = None
+try:
+    if upload is not None:
+        digit = to_mnist(read_image(upload.getvalue()))
+        if digit is None:
+            st.warning("The uploaded image is blank: no digit found.")
+    elif pixels is not None:
+        digit = to_mnist(pixels)
+except LabError as error:
+    st.error(str(error))
+
+with input_col:
+    st.markdown("**What the models receive (28 x 28)**")
+    if digit is None:
+        st.info("Draw a digit on the canvas (or upload an image) to see every model's answer.")
+    else:
+        st.image(np.kron(digit.image, np.ones((8, 8), dtype=np.float32)), clamp=True, caption="white ink on black, centred by mass")
+
+if digit is not None and chosen:
+    st.subheader("Answers")
+    columns = st.columns(min(3, len(chosen)))
+    by_key = {m.key: m for m in models}
+    for index, key in enumerate(chosen):
+        entry = by_key[key]
+        with columns[index % len(columns)]:
+            try:
+                loaded = load_model(entry.path)
+            except LabError as error:
+                st.error(f"{entry.label}: {error}")
+                continue
+            probabilities = predict_probabilities(loaded, digit.tensor)[0].tolist()
+            top = int(np.argmax(probabilities))
+            accuracy = f", test accuracy {entry.test_accuracy:.2%}" if entry.test_accuracy is not None else ""
+            st.markdown(f"**{entry.label}** says **{top}** ({probabilities[top]:.1%})  \n{entry.arch}{accuracy}")
+            st.plotly_chart(probabilities_figure(probabilities), key=f"probabilities_{key}")

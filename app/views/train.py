@@ -1,0 +1,176 @@
+"""Train page: choose an architecture, its kernel shapes and the optimiser; queue runs; watch them live."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import streamlit as st
+
+from app.charts import accuracy_figure, loss_figure
+from app.config_form import stage_editor
+from app.services import REFRESH_S, describe_config, ensure_worker, get_store
+from core.devices import available_devices
+from core.errors import LabError
+from core.models import ARCHITECTURES, default_model_config
+from core.store import ACTIVE_STATUSES
+from core.training import OPTIMIZERS, SCHEDULERS, TrainConfig, parse_train_config
+
+store = get_store()
+ensure_worker()
+st.title("Train")
+
+# -- model ------------------------------------------------------------------
+
+arch = st.selectbox(
+    "Architecture",
+    list(ARCHITECTURES),
+    format_func=lambda name: f"{ARCHITECTURES[name].title} ({name})",
+    key="arch",
+)
+spec = ARCHITECTURES[arch]
+st.caption(f"{spec.description}  \nSource: {spec.paper}")
+
+defaults = default_model_config(arch)
+model_config = dict(defaults)
+width_col, dropout_col = st.columns(2)
+model_config["width_mult"] = width_col.slider(
+    "Width multiplier", 0.25, 3.0, float(defaults["width_mult"]), 0.05, key=f"width_{arch}",
+    help="scales every layer's channel count; rounded to multiples of 4",
+)
+model_config["dropout"] = dropout_col.slider("Dropout before the classifier", 0.0, 0.5, float(defaults["dropout"]), 0.05, key=f"dropout_{arch}")
+
+if spec.has_stages:
+    st.markdown("**Stages**: kernel (height x width), stride per axis" + (", depthwise or full convolution" if spec.has_depthwise else ", max-pool window"))
+    model_config["stages"] = stage_editor(spec, defaults["stages"])
+else:
+    sizes = st.text_input("Hidden layer sizes", ", ".join(map(str, defaults["hidden_sizes"])), key="hidden_sizes", help="comma-separated units per layer")
+    try:
+        model_config["hidden_sizes"] = [int(s) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        model_config["hidden_sizes"] = sizes  # core rejects it below with a message naming the value
+
+described = describe_config(json.dumps(model_config, sort_keys=True))
+if described["error"]:
+    st.error(f"This configuration cannot be built: {described['error']}")
+else:
+    st.metric("Parameters", f"{described['params']:,}")
+    if described["plan"] and "in_hw" in described["plan"][0]:
+        st.dataframe(
+            [
+                {"stage": p["stage"], "input": "x".join(map(str, p["in_hw"])), "output": "x".join(map(str, p["out_hw"])), "channels": p["channels"]}
+                for p in described["plan"]
+            ],
+            hide_index=True,
+        )
+
+# -- training ---------------------------------------------------------------
+
+st.subheader("Training")
+base = TrainConfig()
+c1, c2, c3, c4 = st.columns(4)
+optimizer = c1.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(base.optimizer), key="optimizer")
+lr = c2.number_input("Learning rate (peak)", value=base.lr, min_value=0.0, format="%.5f", step=0.0005, key="lr")
+scheduler = c3.selectbox("Schedule", SCHEDULERS, index=SCHEDULERS.index(base.scheduler), key="scheduler")
+device = c4.selectbox("Device", available_devices(), key="device", help="only devices available on this machine are listed")
+c1, c2, c3, c4 = st.columns(4)
+epochs = c1.number_input("Epochs", value=base.epochs, min_value=1, max_value=200, step=1, key="epochs")
+batch_size = c2.number_input("Batch size", value=base.batch_size, min_value=2, max_value=8192, step=32, key="batch_size")
+weight_decay = c3.number_input("Weight decay", value=base.weight_decay, min_value=0.0, format="%.5f", step=0.0001, key="weight_decay")
+label_smoothing = c4.number_input("Label smoothing", value=base.label_smoothing, min_value=0.0, max_value=0.99, step=0.05, key="label_smoothing")
+c1, c2, c3, c4 = st.columns(4)
+seed = c1.number_input("Seed", value=base.seed, min_value=0, step=1, key="seed")
+patience = c2.number_input("Early stopping patience (0 = off)", value=0, min_value=0, step=1, key="patience")
+subset = c3.number_input("Training images (0 = all 55,000)", value=0, min_value=0, max_value=55000, step=1000, key="train_subset")
+name = c4.text_input("Run name (optional)", key="run_name", max_chars=100)
+
+train_config = {
+    "optimizer": optimizer, "lr": float(lr), "scheduler": scheduler, "device": device, "epochs": int(epochs),
+    "batch_size": int(batch_size), "weight_decay": float(weight_decay), "label_smoothing": float(label_smoothing),
+    "seed": int(seed), "early_stopping_patience": int(patience), "train_subset": int(subset) or None,
+}
+train_error = None
+try:
+    parse_train_config(train_config)
+except LabError as error:
+    train_error = str(error)
+    st.error(f"Training settings are invalid: {train_error}")
+
+if st.button("Start training", type="primary", disabled=bool(described["error"] or train_error), key="start"):
+    fingerprint = hashlib.sha256(json.dumps([described["config"], train_config, name], sort_keys=True).encode()).hexdigest()
+    last = st.session_state.get("last_start")
+    if last and last[0] == fingerprint and time.time() - last[1] < 5:
+        st.toast("That run was just queued; not queuing it twice.")
+    else:
+        try:
+            run_id = store.create_run(described["config"], train_config, name=name or None)
+        except LabError as error:
+            st.error(f"Could not queue the run: {error}")
+        else:
+            st.session_state["last_start"] = (fingerprint, time.time())
+            st.session_state["watch_run"] = run_id
+            st.toast(f"Run {run_id} queued")
+
+# -- live view --------------------------------------------------------------
+
+st.divider()
+active_now = bool(store.list_runs(statuses=ACTIVE_STATUSES))
+
+
+@st.fragment(run_every=REFRESH_S if active_now else None)
+def live_view() -> None:
+    runs = store.list_runs()
+    if not runs:
+        st.info("No runs yet. Configure a model above and press Start training.")
+        return
+    active = [r for r in runs if r["status"] in ACTIVE_STATUSES]
+    if active_now and not active:
+        st.rerun()  # every run finished: rerun the page so this fragment stops polling
+
+    recent = list(reversed(runs))[:50]
+    ids = [r["id"] for r in recent]
+    watched = st.session_state.get("watch_run")
+    if watched not in ids:
+        watched = (active[-1] if active else recent[0])["id"]
+    run_id = st.selectbox(
+        "Watch run", ids, index=ids.index(watched),
+        format_func=lambda i: next(f"#{r['id']} {r['name']} ({r['status']})" for r in recent if r["id"] == i),
+    )
+    st.session_state["watch_run"] = run_id
+    run = next(r for r in recent if r["id"] == run_id)
+    _status_line(run, queued_ids=[r["id"] for r in active if r["status"] == "queued"])
+
+    names = {run_id: run["name"]}
+    steps, epochs_rows = store.step_metrics([run_id]), store.epoch_metrics([run_id])
+    log_y = st.toggle("Log-scale loss", key="log_loss")
+    left, right = st.columns(2)
+    left.plotly_chart(loss_figure(names, steps, epochs_rows, log_y=log_y), key="live_loss")
+    right.plotly_chart(accuracy_figure(names, epochs_rows), key="live_accuracy")
+
+
+def _status_line(run: dict, *, queued_ids: list[int]) -> None:
+    total_epochs = run["train_config"]["epochs"]
+    if run["status"] == "queued":
+        position = queued_ids.index(run["id"]) + 1 if run["id"] in queued_ids else 1
+        st.progress(0.0, text=f"Queued, position {position}; runs train one at a time")
+    elif run["status"] == "running":
+        progress = min(max(run["progress"] or 0.0, 0.0), 1.0)
+        elapsed = time.time() - (run["started_at"] or time.time())
+        left = f", about {elapsed * (1 - progress) / progress:.0f} s left" if progress > 0.01 else ""
+        st.progress(progress, text=f"Epoch {min(run['epochs_completed'] + 1, total_epochs)} of {total_epochs}, {progress:.0%} done{left}")
+    else:
+        message = f"Run #{run['id']} {run['status']}"
+        if run["test_accuracy"] is not None:
+            message += f": test accuracy {run['test_accuracy']:.2%} in {run['wall_time_s']:.0f} s"
+        {"completed": st.success, "cancelled": st.warning}.get(run["status"], st.error)(
+            message + (f". {run['error']}" if run["error"] else "")
+        )
+
+    if run["status"] in ACTIVE_STATUSES:
+        if st.button("Cancel this run", key=f"cancel_{run['id']}"):
+            status = store.request_cancel(run["id"])
+            st.toast(f"Run {run['id']} {'cancelled' if status == 'cancelled' else 'will stop within a few seconds'}")
+
+
+live_view()
