@@ -38,7 +38,7 @@ def loss_figure(names: dict[int, str], steps: list[dict], epochs: list[dict], *,
         if run_steps:
             fig.add_scatter(
                 x=[s["epoch"] for s in run_steps], y=[s["train_loss"] for s in run_steps], mode="lines",
-                name=f"{name} train (step)", line={"color": color, "width": 1}, opacity=0.45,
+                name=f"{name} train (step)", line={"color": color, "width": 1}, opacity=0.6,
             )
         if run_epochs:
             fig.add_scatter(
@@ -66,6 +66,9 @@ def accuracy_figure(names: dict[int, str], epochs: list[dict]) -> go.Figure:
             line={"color": color, "dash": "dash"},
         )
     fig.update_yaxes(tickformat=".1%")
+    if not fig.data:
+        fig.update_yaxes(range=[0, 1])  # no epoch finished yet: show a sensible empty axis
+        fig.add_annotation(text="first point after epoch 1", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     return _layout(fig, title="Accuracy", x_title="epoch", y_title="accuracy")
 
 

@@ -7,7 +7,9 @@ and ``core`` and contain no training or file-parsing logic of their own.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from core.errors import LabError
 from core.inference import ModelEntry, load_cached, run_models, shipped_models
 from core.models import build_model, count_parameters, normalize_model_config, stage_plan
 from core.store import RunStore, resolve_store_dir
-from core.worker import start_worker
+from core.worker import start_worker, worker_running
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +28,43 @@ REFRESH_S = 2.0  # live charts poll the store this often while a run is queued o
 NO_WORKER_ENV = "MNIST_LAB_NO_WORKER"  # set to 1 to run the app without starting a worker (tests)
 
 
-@st.cache_resource(show_spinner=False)
 def get_store() -> RunStore:
-    store = RunStore(resolve_store_dir())
+    """Return the store at $MNIST_LAB_STORE (default ./runs), opened once per process and folder."""
+    return _open_store(str(resolve_store_dir().resolve()))
+
+
+@st.cache_resource(show_spinner=False)
+def _open_store(root: str) -> RunStore:
+    store = RunStore(root)
     recovered = store.recover_stale_runs()
     for run_id in recovered:
         log.warning("run %d: marked interrupted at app start; its training process was gone", run_id)
     return store
 
 
-@st.cache_resource(show_spinner=False)
+_worker_lock = threading.Lock()
+_workers: dict[str, multiprocessing.Process] = {}
+
+
 def ensure_worker() -> str:
-    """Start the background worker once per server process; return a status line for the sidebar."""
-    store = get_store()
+    """Make sure a worker serves the store, starting one if none runs; return a status line.
+
+    Called on every page run, so a worker that crashed is replaced at the next interaction.
+    """
     if os.environ.get(NO_WORKER_ENV) == "1":
         return "worker disabled"
-    data_dir = str(resolve_data_dir().resolve())
-    process = start_worker(store.root, data_dir)
-    return f"worker pid {process.pid}" if process else "worker already running"
+    root = str(get_store().root)
+    with _worker_lock:
+        process = _workers.get(root)
+        if process is not None and process.is_alive():
+            return f"worker pid {process.pid}"
+        if worker_running(root):
+            return "worker running in another process"
+        process = start_worker(root, str(resolve_data_dir().resolve()))
+        if process is None:
+            return "worker running in another process"
+        _workers[root] = process
+        return f"worker pid {process.pid}"
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

@@ -151,9 +151,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         run = execute_run(store, run_id, data_dir=args.data_dir, on_progress=on_progress)
     except KeyboardInterrupt:
-        store.finish(run_id, "cancelled", error="stopped with Ctrl-C")
         bar.close()
-        print(f"run {run_id} cancelled", file=sys.stderr)
+        print(f"run {run_id} interrupted; its completed epochs are kept in {store.root}", file=sys.stderr)
         return 130
     bar.close()
 

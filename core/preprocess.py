@@ -1,8 +1,8 @@
 """Turn a drawn or uploaded digit into a 28x28 MNIST-style input.
 
 MNIST itself was made this way (LeCun, Cortes and Burges, the MNIST database
-page): each digit was scaled to fit a 20x20 box keeping its aspect ratio, with
-anti-aliasing, then placed in a 28x28 frame so that its centre of mass sits at
+page). Each digit was scaled with anti-aliasing to fit a 20x20 box, keeping its
+aspect ratio. It was then placed in a 28x28 frame with its centre of mass at
 the centre. The same function serves the canvas, uploads and the CLI.
 """
 
@@ -27,7 +27,7 @@ MAX_IMAGE_PIXELS = 4096 * 4096  # uploads above this are rejected from the heade
 
 @dataclass
 class PreparedDigit:
-    image: np.ndarray  # (28, 28) float32 in [0, 1], white ink on black, as the model sees it
+    image: np.ndarray  # (28, 28) float32 in [0, 1], white ink on black: the model input
     tensor: torch.Tensor  # (1, 1, 28, 28) float32, normalised like training
 
 

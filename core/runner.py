@@ -101,6 +101,10 @@ def execute_run(
             progress=1.0,
             error=None,
         )
+    except KeyboardInterrupt:
+        log.warning("%sinterrupted by Ctrl-C", prefix)
+        store.finish(run_id, "interrupted", error="stopped with Ctrl-C; completed epochs are kept")
+        raise
     except TrainingStopped as stop:
         log.warning("%s%s: %s", prefix, stop.status, stop)
         store.finish(run_id, stop.status, error=str(stop))

@@ -84,7 +84,7 @@ def parse_train_config(data: dict[str, Any]) -> TrainConfig:
 
 
 class TrainingStopped(LabError):
-    """Raised inside the loop when the run must end early; ``status`` says why."""
+    """Raised inside the loop when the run must end early; ``status`` is the run's final status."""
 
     def __init__(self, status: str, message: str) -> None:
         super().__init__(message)

@@ -11,6 +11,7 @@ processes or sessions start one.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import logging
 import multiprocessing
@@ -18,6 +19,7 @@ import os
 import signal
 import sys
 import time
+import types
 from pathlib import Path
 
 from core.store import RunStore, pid_alive
@@ -41,6 +43,7 @@ def _configure_logging() -> None:
 def training_process_main(store_root: str, run_id: int, data_dir: str | None) -> None:
     """Entry point of a training process: execute one run that the worker already claimed."""
     _configure_logging()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the app's terminal reaches the worker, which stops this process
     from core.runner import execute_run
 
     store = RunStore(store_root)
@@ -104,6 +107,10 @@ def worker_main(store_root: str, data_dir: str | None, parent_pid: int | None) -
     """
     _configure_logging()
     signal.signal(signal.SIGTERM, _request_stop)
+    if parent_pid is not None:
+        # Ctrl-C in the app's terminal reaches this process group too. The app stops the
+        # worker itself with SIGTERM at exit, which marks the current run interrupted.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     store = RunStore(store_root)
     lock = try_lock(store.root)
     if lock is None:
@@ -175,6 +182,23 @@ def _supervise(store: RunStore, run_id: int, context, data_dir: str | None, pare
         store.finish(run_id, "failed", error=f"{reason}; the {run['epochs_completed']} completed epochs are kept")
 
 
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Hide ``__main__`` from spawn while a child starts.
+
+    Streamlit and AppTest execute each page as ``__main__``. Spawn would re-run
+    that page in the child to rebuild ``__main__`` and so start the app's code
+    again there. The worker's target is importable, so the child needs no main module.
+    """
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
+
+
 def start_worker(store_root: str | os.PathLike, data_dir: str | None) -> multiprocessing.Process | None:
     """Start a worker process for this store unless one is already running; return it or None."""
     if worker_running(store_root):
@@ -183,7 +207,8 @@ def start_worker(store_root: str | os.PathLike, data_dir: str | None) -> multipr
     process = context.Process(
         target=worker_main, args=(str(store_root), data_dir, os.getpid()), name="mnist-lab-worker", daemon=False
     )
-    process.start()
+    with _main_module_hidden():
+        process.start()
     # multiprocessing joins non-daemon children at interpreter exit, and the worker waits
     # for its parent, so stop it first; atexit runs this before multiprocessing's own hook.
     atexit.register(stop_worker, process)

@@ -30,7 +30,7 @@ def free_port() -> int:
 
 
 def start_app(port: int, store: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start `streamlit run app/main.py` on 127.0.0.1:port and wait until it answers its health check."""
+    """Start `streamlit run app/main.py` on 127.0.0.1:port and wait until its health check returns 200."""
     environment = {**os.environ, "MNIST_LAB_STORE": store, **(env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port), "--server.address", "127.0.0.1"],
@@ -51,7 +51,7 @@ def start_app(port: int, store: str, env: dict[str, str] | None = None) -> subpr
         except OSError:
             time.sleep(0.5)
     process.terminate()
-    raise RuntimeError(f"streamlit did not answer on port {port} within 60 s")
+    raise RuntimeError(f"streamlit did not respond on port {port} within 60 s; see its output above")
 
 
 def stop_app(process: subprocess.Popen) -> None:

@@ -1,4 +1,4 @@
-"""Draw page: draw or upload a digit and see what every selected model answers."""
+"""Draw page: draw or upload a digit and see every selected model's prediction."""
 
 from __future__ import annotations
 

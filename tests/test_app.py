@@ -1,0 +1,146 @@
+"""Streamlit pages under AppTest: they render, react to settings, and show a run's live curve.
+
+The Train test starts a real worker process (spawned from this test process)
+and waits for the queued run's loss curve to appear on the page.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+VIEWS = ROOT / "app" / "views"
+
+
+@pytest.fixture
+def app_store(tmp_path, monkeypatch, data_dir) -> Path:
+    store = tmp_path / "store"
+    monkeypatch.setenv("MNIST_LAB_STORE", str(store))
+    monkeypatch.setenv("MNIST_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("MNIST_LAB_NO_WORKER", "1")
+    return store
+
+
+def open_page(name: str) -> AppTest:
+    return AppTest.from_file(str(VIEWS / f"{name}.py"), default_timeout=60).run()
+
+
+def metric_value(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def plotly_point_count(at: AppTest, key: str) -> int:
+    """Count the data points of every trace in the plotly chart with widget key ``key``."""
+    for chart in at.get("plotly_chart"):
+        spec = json.loads(chart.proto.spec)
+        if chart.proto.id and key in chart.proto.id or spec.get("layout", {}).get("title", {}).get("text") == key:
+            return sum(len(trace.get("y") or []) for trace in spec["data"])
+    return 0
+
+
+@pytest.mark.parametrize("page", ["train", "compare", "draw"])
+def test_page_renders_without_errors(app_store, page):
+    at = open_page(page)
+
+    assert not at.exception
+    assert at.title[0].value == page.capitalize()
+
+
+def test_main_navigation_renders(app_store):
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60).run()
+
+    assert not at.exception
+    assert at.title[0].value == "Train"
+
+
+def test_train_shows_parameter_count(app_store):
+    at = open_page("train")
+
+    assert metric_value(at, "Parameters") == "67,978"
+
+    at.selectbox(key="arch").set_value("cnn").run()
+
+    assert metric_value(at, "Parameters") == "65,962"
+
+
+def test_train_kernel_preset_changes_params(app_store):
+    at = open_page("train")
+    at.selectbox(key="arch").set_value("cnn").run()
+    at.selectbox(key="kernel_preset_cnn").set_value("(1, 7)").run()
+    at.button(key="apply_preset_cnn").click().run()
+
+    assert not at.exception
+    # Each conv weight goes from 3x3 = 9 to 1x7 = 7 values per channel pair: fewer parameters.
+    params = int(metric_value(at, "Parameters").replace(",", ""))
+    assert params < 65962
+    stage_table = next(d.value for d in at.dataframe if "output" in d.value.columns)
+    assert list(stage_table["output"]) == ["14x14", "7x7", "3x3"]
+
+
+def test_train_rejects_bad_hidden_sizes(app_store):
+    at = open_page("train")
+    at.text_input(key="hidden_sizes").set_value("64, 0, 64").run()
+
+    assert any("hidden_sizes[1] must be at least 1" in e.value for e in at.error)
+    assert at.button(key="start").disabled
+
+
+def test_train_rejects_zero_learning_rate(app_store):
+    at = open_page("train")
+    at.number_input(key="lr").set_value(0.0).run()
+
+    assert any("lr must be positive" in e.value for e in at.error)
+    assert at.button(key="start").disabled
+
+
+def test_compare_lists_shipped_models(app_store):
+    at = open_page("compare")
+
+    shipped = sorted(p.stem for p in (ROOT / "checkpoints").glob("*.safetensors"))
+    if not shipped:
+        pytest.skip("checkpoints/ has no shipped models yet")
+    names = list(at.dataframe[0].value["name"])
+    for arch in shipped:
+        assert f"{arch} (shipped)" in names
+
+
+def test_draw_empty_input_prompts(app_store):
+    at = open_page("draw")
+
+    if not list((ROOT / "checkpoints").glob("*.safetensors")):
+        assert any("No trained models" in w.value for w in at.warning)
+        return
+    assert any("Draw a digit" in i.value for i in at.info)
+    assert not at.subheader  # no "Answers" section without a digit
+
+
+@pytest.mark.slow
+def test_train_run_curve_appears(app_store, monkeypatch):
+    """Start a tiny run from the Train page with a real worker and see its loss curve fill in."""
+    monkeypatch.delenv("MNIST_LAB_NO_WORKER")
+    at = open_page("train")
+    at.number_input(key="epochs").set_value(2).run()
+    at.number_input(key="train_subset").set_value(2000).run()
+    at.text_input(key="run_name").set_value("apptest run").run()
+    at.button(key="start").click().run()
+
+    assert not at.exception
+    deadline = time.monotonic() + 120
+    status, points = "queued", 0
+    while time.monotonic() < deadline:
+        at.run()
+        status = at.selectbox[-1].options[at.selectbox[-1].index] if at.selectbox else ""
+        points = plotly_point_count(at, "live_loss")
+        if "completed" in status and points:
+            break
+        time.sleep(1)
+
+    assert "apptest run" in status
+    assert "completed" in status
+    assert points > 0
+    assert any("test accuracy" in s.value for s in at.success)
