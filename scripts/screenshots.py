@@ -63,6 +63,20 @@ def stop_app(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def draw_seven(page) -> None:
+    """Draw a 7 with mouse strokes on the Draw page's 280x280 canvas."""
+    canvas = page.locator("canvas").last
+    box = canvas.bounding_box()
+    left, top = box["x"], box["y"]
+    page.mouse.move(left + 70, top + 60)
+    page.mouse.down()
+    for step in range(21):
+        page.mouse.move(left + 70 + step * 7, top + 60, steps=2)
+    for step in range(21):
+        page.mouse.move(left + 210 - step * 4, top + 60 + step * 9, steps=2)
+    page.mouse.up()
+
+
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
@@ -84,6 +98,10 @@ def main() -> int:
                 page.goto(f"http://127.0.0.1:{port}/{path}")
                 page.wait_for_selector("h1", timeout=60_000)
                 time.sleep(3)  # let charts and components finish drawing
+                if name == "draw" and page.locator("canvas").count():
+                    draw_seven(page)
+                    page.get_by_text("Answers").wait_for(timeout=30_000)
+                    time.sleep(2)
                 page.screenshot(path=str(out / f"{name}.png"), full_page=True)
                 print(f"saved {out / f'{name}.png'}")
             browser.close()
