@@ -278,7 +278,7 @@ class RunStore:
                 path.unlink()
             folder.rmdir()
 
-    def recover_stale_runs(self, *, heartbeat_timeout_s: float = 120.0) -> list[int]:
+    def recover_stale_runs(self, *, heartbeat_timeout_s: float = 600.0) -> list[int]:
         """Mark running runs whose process is gone (or silent too long) as interrupted; return their ids."""
         recovered = []
         now = time.time()

@@ -30,6 +30,7 @@ SCHEDULERS = ("onecycle", "cosine", "constant")
 MAX_LOSS_POINTS = 2000  # per-step loss is averaged over groups of steps to stay under this
 # Small eval batches run fastest on CPU (cache-resident activations); GPUs want large ones.
 EVAL_BATCH_SIZE = {"cpu": 128}
+FLUSH_INTERVAL_S = 2.0  # pending loss points go to the callbacks (and live charts) once this much time passed
 DEFAULT_EVAL_BATCH_SIZE = 1024
 
 
@@ -219,6 +220,7 @@ def train(
     log.info("%sstart: %d parameters on %s, %d epochs of %d steps", log_prefix, params, device, config.epochs, steps_per_epoch)
 
     best_val, best_epoch, best_state, stale_epochs = -1.0, 0, None, 0
+    last_flush = time.perf_counter()
     step = 0
     epochs_completed = 0
     for epoch in range(1, config.epochs + 1):
@@ -264,9 +266,11 @@ def train(
                 )
                 window_loss.zero_()
                 window_steps = 0
-                if len(points) >= 20 or batch == steps_per_epoch - 1:
+                now = time.perf_counter()
+                if len(points) >= 20 or now - last_flush >= FLUSH_INTERVAL_S or batch == steps_per_epoch - 1:
                     callbacks.on_steps(points)
                     points = []
+                    last_flush = now
                 if callbacks.should_stop():
                     raise TrainingStopped("cancelled", f"cancelled at step {step} (epoch {epoch})")
 
