@@ -292,12 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
     from core.models import ARCHITECTURES
     from core.store import STORE_ENV
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", default=None, help=f"folder with MNIST/raw/ (default: ${DATA_DIR_ENV} or ./data)")
-    common.add_argument("--store", default=None, help=f"run store folder (default: ${STORE_ENV} or ./runs)")
-    common.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    def global_options(default: object) -> argparse.ArgumentParser:
+        options = argparse.ArgumentParser(add_help=False)
+        options.add_argument("--data-dir", default=default, help=f"folder with MNIST/raw/ (default: ${DATA_DIR_ENV} or ./data)")
+        options.add_argument("--store", default=default, help=f"run store folder (default: ${STORE_ENV} or ./runs)")
+        options.add_argument("-v", "--verbose", action="store_true", default=default or False, help="log debug messages")
+        return options
 
-    parser = argparse.ArgumentParser(prog="python -m core", description="MNIST Architecture Lab: train, compare and use MNIST models.", parents=[common])
+    # The global options work before or after the command. Subcommands must not reset a value
+    # given before them, so their copies default to SUPPRESS (argparse then leaves it alone).
+    common = global_options(argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog="python -m core", description="MNIST Architecture Lab: train, compare and use MNIST models.", parents=[global_options(None)]
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("archs", parents=[common], help="list architectures and their default parameter counts")
