@@ -58,7 +58,11 @@ def apply_overrides(model_config: dict[str, Any], train_config: dict[str, Any], 
                 f"unknown setting {parts[0]!r} in --set {item}; model settings: {', '.join(k for k in model_config if k != 'arch')}; "
                 f"training settings: {', '.join(sorted(train_fields))}"
             )
-        _assign(target, parts, value, item)
+        if target is train_config:
+            # Training settings are flat, and train_config holds only the options given so far.
+            train_config[parts[0]] = value
+        else:
+            _assign(target, parts, value, item)
 
 
 def _assign(container: Any, parts: list[str], value: Any, item: str) -> None:
@@ -145,7 +149,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif event["event"] == "epoch":
             bar.write(
                 f"epoch {event['epoch']}: train_loss {event['train_loss']:.4f}  val_loss {event['val_loss']:.4f}  "
-                f"val_accuracy {event['val_accuracy']:.4f}  ({event['epoch_time_s']:.1f} s)"
+                f"val_accuracy {event['val_accuracy']:.4f}  ({event['epoch_time_s']:.1f} s)",
+                file=sys.stderr,  # tqdm.write defaults to stdout, which --json keeps for the result alone
             )
 
     try:
