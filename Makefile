@@ -20,7 +20,6 @@ setup: $(STAMP)
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
 	touch $(STAMP)
 

@@ -118,6 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from core.models import default_model_config
+    from core.models.config import config_to_dict
     from core.runner import execute_run, export_run
     from core.training import prepare_run
 
@@ -129,8 +130,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             train_config[key] = getattr(args, option)
     apply_overrides(model_config, train_config, args.set or [])
     model_config, parsed = prepare_run(model_config, train_config)  # reject bad configs before creating a run
-    from core.models.config import config_to_dict
-
     train_config = config_to_dict(parsed)
     store = _store(args)
     run_id = store.create_run(model_config, train_config, name=args.name, status="running", source="cli", pid=os.getpid())
