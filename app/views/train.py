@@ -139,17 +139,17 @@ def live_view() -> None:
     )
     st.session_state["watch_run"] = run_id
     run = next(r for r in recent if r["id"] == run_id)
-    _status_line(run, queued_ids=[r["id"] for r in active if r["status"] == "queued"])
+    steps, epochs_rows = store.step_metrics([run_id]), store.epoch_metrics([run_id])
+    _status_line(run, queued_ids=[r["id"] for r in active if r["status"] == "queued"], last_epoch=epochs_rows[-1] if epochs_rows else None)
 
     names = {run_id: run["name"]}
-    steps, epochs_rows = store.step_metrics([run_id]), store.epoch_metrics([run_id])
     log_y = st.toggle("Log-scale loss", key="log_loss")
     left, right = st.columns(2)
     left.plotly_chart(loss_figure(names, steps, epochs_rows, log_y=log_y), key="live_loss")
     right.plotly_chart(accuracy_figure(names, epochs_rows), key="live_accuracy")
 
 
-def _status_line(run: dict, *, queued_ids: list[int]) -> None:
+def _status_line(run: dict, *, queued_ids: list[int], last_epoch: dict | None) -> None:
     total_epochs = run["train_config"]["epochs"]
     if run["status"] == "queued":
         position = queued_ids.index(run["id"]) + 1 if run["id"] in queued_ids else 1
@@ -158,7 +158,8 @@ def _status_line(run: dict, *, queued_ids: list[int]) -> None:
         progress = min(max(run["progress"] or 0.0, 0.0), 1.0)
         elapsed = time.time() - (run["started_at"] or time.time())
         left = f", about {elapsed * (1 - progress) / progress:.0f} s left" if progress > 0.01 else ""
-        st.progress(progress, text=f"Epoch {min(run['epochs_completed'] + 1, total_epochs)} of {total_epochs}, {progress:.0%} done{left}")
+        speed = f"; last epoch {last_epoch['epoch_time_s']:.1f} s at {last_epoch['images_per_s']:,.0f} images/s" if last_epoch else ""
+        st.progress(progress, text=f"Epoch {min(run['epochs_completed'] + 1, total_epochs)} of {total_epochs}, {progress:.0%} done{left}{speed}")
     else:
         message = f"Run #{run['id']} {run['status']}"
         if run["test_accuracy"] is not None:
