@@ -6,6 +6,7 @@ and converts the rows back into the plain-typed config that ``core`` validates.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -29,8 +30,17 @@ def stages_to_rows(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def rows_to_stages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Convert editor rows to stages; a row added empty copies the stage above it.
+
+    A single cleared cell stays None, so core rejects it with a message naming the stage.
+    """
     stages = []
+    previous: dict[str, Any] | None = None
     for row in rows:
+        row = {k: _plain(v) for k, v in row.items()}
+        if previous is not None and all(v is None for v in row.values()):
+            row = dict(previous)
+        previous = row
         stage = {k: v for k, v in row.items() if not k.endswith(("_h", "_w"))}
         stage["kernel_size"] = [row.get("kernel_h"), row.get("kernel_w")]
         stage["stride"] = [row.get("stride_h"), row.get("stride_w")]
@@ -46,6 +56,8 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if hasattr(value, "item"):
         value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None  # pandas marks an empty cell as NaN
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value

@@ -117,6 +117,7 @@ def cmd_archs(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from core.data import load_raw
     from core.models import default_model_config
     from core.models.config import config_to_dict
     from core.runner import execute_run, export_run
@@ -131,6 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     apply_overrides(model_config, train_config, args.set or [])
     model_config, parsed = prepare_run(model_config, train_config)  # reject bad configs before creating a run
     train_config = config_to_dict(parsed)
+    load_raw(args.data_dir)  # missing or broken MNIST fails here, before a run is stored
     store = _store(args)
     run_id = store.create_run(model_config, train_config, name=args.name, status="running", source="cli", pid=os.getpid())
     log.info("run %d: created in %s", run_id, store.root)
@@ -249,7 +251,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         try:
             digit = to_mnist(read_image(file))
         except LabError as error:
-            print(f"{file}: {error}", file=sys.stderr)
+            print(f"error: {error}", file=sys.stderr)  # the message names the file
             results.append({"file": file, "prediction": None, "probabilities": None, "error": str(error)})
             failed += 1
             continue

@@ -97,11 +97,20 @@ def download_mnist(root: Path) -> None:
         log.info("downloading MNIST into %s", raw_folder(root))
         MNIST(str(root), train=True, download=True)
     except Exception as error:  # torchvision raises RuntimeError, URLError or OSError here
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(_missing_files_message(root, f"download failed ({first_line})")) from error
+        # torchvision's message lists each mirror with its error on separate lines; keep them all.
+        detail = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+        _remove_empty_dirs(raw_folder(root), stop=root)
+        raise DataError(_missing_files_message(root, f"download failed ({detail})")) from error
     finally:
         socket.setdefaulttimeout(previous_timeout)
         MNIST.mirrors = previous_mirrors
+
+
+def _remove_empty_dirs(folder: Path, *, stop: Path) -> None:
+    """Remove ``folder`` and its parents up to ``stop`` while they are empty (left by a failed download)."""
+    while folder != stop.parent and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
 
 
 _RAW_CACHE: dict[tuple, tuple[torch.Tensor, ...]] = {}

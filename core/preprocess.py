@@ -159,4 +159,4 @@ def read_image(source: str | os.PathLike | bytes) -> np.ndarray:
     except UnidentifiedImageError as error:
         raise ImageError(f"{label} is not an image this tool can read; use PNG, JPEG, GIF, BMP or WebP") from error
     except (OSError, ValueError, SyntaxError) as error:
-        raise ImageError(f"{label} could not be decoded ({error}); it may be truncated or corrupt") from error
+        raise ImageError(f"{label} is truncated or corrupt ({error}); save it again as PNG or JPEG") from error

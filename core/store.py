@@ -242,6 +242,12 @@ class RunStore:
         assignments = ", ".join(f"{k} = ?" for k in columns)
         with self.connect() as conn:
             conn.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*columns.values(), run_id))
+            # A run that ended early still shows how long it trained.
+            conn.execute(
+                "UPDATE runs SET wall_time_s = finished_at - started_at"
+                " WHERE id = ? AND wall_time_s IS NULL AND started_at IS NOT NULL",
+                (run_id,),
+            )
 
     def request_cancel(self, run_id: int) -> str:
         """Cancel a queued run at once, or ask a running one to stop; return the new status."""

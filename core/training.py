@@ -17,16 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.data import MNISTData, load_mnist, normalize
+from core.data import VAL_SIZE, MNISTData, load_mnist, normalize
 from core.devices import autocast_for, resolve_device
 from core.errors import ConfigError, LabError
-from core.models import build_model, count_parameters, normalize_model_config
+from core.models import build_model, check_model_size, count_parameters, normalize_model_config
 from core.models.config import NUM_CLASSES, config_from_dict, config_to_dict
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "constant")
+TRAIN_SIZE = 60000 - VAL_SIZE  # images in the training split
 MAX_LOSS_POINTS = 2000  # per-step loss is averaged over groups of steps to stay under this
 # Small eval batches run fastest on CPU (cache-resident activations); GPUs want large ones.
 EVAL_BATCH_SIZE = {"cpu": 128}
@@ -68,9 +69,9 @@ class TrainConfig:
             raise ConfigError(f"batch_size must be at least 2 (BatchNorm needs two images), got {self.batch_size}")
         if self.early_stopping_patience < 0:
             raise ConfigError(f"early_stopping_patience must be 0 (off) or more, got {self.early_stopping_patience}")
-        if self.train_subset is not None and self.train_subset < 1:
-            raise ConfigError(f"train_subset must be at least 1, got {self.train_subset}")
-        train_size = self.train_subset or 55000
+        if self.train_subset is not None and not 1 <= self.train_subset <= TRAIN_SIZE:
+            raise ConfigError(f"train_subset must be between 1 and {TRAIN_SIZE:,}, got {self.train_subset}")
+        train_size = self.train_subset or TRAIN_SIZE
         if self.batch_size > train_size:
             raise ConfigError(
                 f"batch_size {self.batch_size} is larger than the {train_size} training images; "
@@ -172,8 +173,11 @@ class TrainResult:
 
 
 def prepare_run(model_config: dict[str, Any], train_config: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
-    """Validate both configs before any training; return the complete model config."""
-    return normalize_model_config(model_config), parse_train_config(train_config)
+    """Validate both configs and the device before any training; return the complete model config."""
+    complete, config = normalize_model_config(model_config), parse_train_config(train_config)
+    check_model_size(complete)
+    resolve_device(config.device)
+    return complete, config
 
 
 def train(

@@ -144,3 +144,53 @@ def test_train_run_curve_appears(app_store, monkeypatch):
     assert "completed" in status
     assert points > 0
     assert any("test accuracy" in s.value for s in at.success)
+
+
+def test_stage_rows_added_empty_copy_above():
+    from app.config_form import rows_to_stages
+
+    rows = [
+        {"channels": 32, "kernel_h": 1, "kernel_w": 7, "stride_h": 1, "stride_w": 1, "pool_h": 2, "pool_w": 2},
+        {"channels": float("nan"), "kernel_h": None, "kernel_w": None, "stride_h": None, "stride_w": None, "pool_h": None, "pool_w": None},
+    ]
+
+    stages = rows_to_stages(rows)
+    assert stages[1] == stages[0]
+    assert stages[1]["kernel_size"] == [1, 7]
+
+
+def test_stage_cleared_cell_is_config_error():
+    from app.config_form import rows_to_stages
+    from core.errors import ConfigError
+    from core.models import normalize_model_config
+
+    rows = [{"channels": float("nan"), "kernel_h": 3, "kernel_w": 3, "stride_h": 1, "stride_w": 1, "pool_h": 2, "pool_w": 2}]
+    stages = rows_to_stages(rows)
+
+    assert stages[0]["channels"] is None
+    with pytest.raises(ConfigError, match="channels"):
+        normalize_model_config({"arch": "cnn", "stages": stages})
+
+
+def test_train_rejects_non_numeric_hidden_sizes(app_store):
+    at = open_page("train")
+    at.text_input(key="hidden_sizes").set_value("64, abc").run()
+
+    assert not at.exception
+    assert any("'abc' is not one" in e.value for e in at.error)
+    assert at.button(key="start").disabled
+
+
+def test_compare_delete_run(app_store):
+    from core.store import RunStore
+
+    store = RunStore(app_store)
+    run_id = store.create_run({"arch": "dense"}, {"epochs": 1}, name="to delete", status="running")
+    store.finish(run_id, "cancelled", error="cancelled at step 1")
+    at = open_page("compare")
+    at.checkbox(key="confirm_delete_0").check().run()
+    at.button(key="delete_run_0").click().run()
+
+    assert not at.exception
+    assert any(f"Run {run_id} deleted" in s.value for s in at.success)
+    assert store.list_runs() == []

@@ -289,3 +289,31 @@ def test_cancel_queued_run(store):
 
     assert result.returncode == 0, result.stderr
     assert run_store.get_run(run_id)["status"] == "cancelled"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--data-dir", "MISSING"], "MNIST is not available"),
+        (["--train-subset", "99999"], "train_subset must be between 1 and 55,000"),
+        (["--set", "hidden_sizes=[100000,100000]"], "more than the limit"),
+    ],
+)
+def test_train_rejects_before_storing_run(store, tmp_path, options, message):
+    args = ["train", "--arch", "dense", "--epochs", "1", "--store", str(store)]
+    if options[0] == "--data-dir":
+        args += ["--data-dir", str(tmp_path / "nodata")]
+    else:
+        args += ["--data-dir", str(DATA_DIR), *options]
+    result = run_cli(*args)
+
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "no runs" in cli("runs", store=store).stdout
+
+
+def test_missing_data_leaves_no_folders(store, tmp_path):
+    cli("evaluate", "cnn", store=store, data_dir=tmp_path / "nodata")
+
+    assert not (tmp_path / "nodata" / "MNIST").exists()

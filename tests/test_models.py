@@ -297,3 +297,12 @@ def test_bad_kernel_type_rejected():
     message = rejection(config)
 
     assert "stages[0].kernel_size" in message
+
+
+def test_huge_config_rejected_without_allocating():
+    from core.models import MAX_PARAMETERS, build_model
+
+    config = {"arch": "dense", "hidden_sizes": [100000, 100000]}  # 10 billion weights: 40 GB in float32
+
+    with pytest.raises(ConfigError, match=f"limit of {MAX_PARAMETERS:,}"):
+        build_model(config)

@@ -316,3 +316,13 @@ def test_unwritable_root_rejected(tmp_path):
 
     with pytest.raises(StoreError, match="cannot open the run store"):
         RunStore(blocker / "store")
+
+
+def test_cancelled_run_keeps_training_time(store):
+    run_id = store.create_run({"arch": "dense"}, {"epochs": 1}, status="running")
+    time.sleep(0.05)
+    store.finish(run_id, "cancelled", error="cancelled at step 3")
+
+    wall_time = store.get_run(run_id)["wall_time_s"]
+    assert wall_time is not None
+    assert wall_time > 0

@@ -229,3 +229,14 @@ def test_early_stopping_stops(mnist):
 
     assert result.epochs_completed < 6
     assert result.best_epoch < result.epochs_completed
+
+
+def test_subset_above_train_split_rejected():
+    with pytest.raises(ConfigError, match="between 1 and 55,000"):
+        prepare_run({"arch": "dense"}, {"train_subset": 55001})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device_rejected_up_front():
+    with pytest.raises(ConfigError, match="'cuda' is not available"):
+        prepare_run({"arch": "dense"}, {"device": "cuda"})

@@ -39,10 +39,14 @@ if not rows:
     st.info("Nothing to compare yet: train a model on the Train page.")
     st.stop()
 
+st.session_state.setdefault("table_version", 0)
+if "flash" in st.session_state:
+    st.success(st.session_state.pop("flash"))
 st.caption("Select rows to overlay their curves and confusion matrices.")
 event = st.dataframe(
     rows,
-    key="runs_table",
+    # Selections are row positions, so the key changes after a delete to drop a stale selection.
+    key=f"runs_table_{st.session_state.table_version}",
     on_select="rerun",
     selection_mode="multi-row",
     hide_index=True,
@@ -54,7 +58,7 @@ event = st.dataframe(
         "training_time_s": st.column_config.NumberColumn("training time (s)", format="%.1f"),
     },
 )
-selected = [rows[i] for i in event.selection.rows]
+selected = [rows[i] for i in event.selection.rows if i < len(rows)]
 selected_keys = {r["key"] for r in selected}
 
 st.plotly_chart(params_figure(rows, selected_keys), key="params_chart")
@@ -98,13 +102,14 @@ with st.expander("Delete a run"):
         st.caption("No finished runs to delete. Shipped models cannot be deleted here.")
     else:
         run_id = st.selectbox("Run", [r["id"] for r in deletable], format_func=lambda i: next(f"#{r['id']} {r['name']} ({r['status']})" for r in deletable if r["id"] == i))
-        confirm = st.checkbox("Yes, delete this run, its metrics and its weights", key="confirm_delete")
-        if st.button("Delete run", disabled=not confirm, key="delete_run"):
+        version = st.session_state.table_version
+        confirm = st.checkbox("Yes, delete this run, its metrics and its weights", key=f"confirm_delete_{version}")
+        if st.button("Delete run", disabled=not confirm, key=f"delete_run_{version}"):
             try:
                 store.delete_run(run_id)
             except LabError as error:
                 st.error(str(error))
             else:
-                st.session_state.pop("confirm_delete", None)
-                st.toast(f"Run {run_id} deleted")
+                st.session_state.table_version += 1  # new widget keys: clear the selection and the checkbox
+                st.session_state.flash = f"Run {run_id} deleted."
                 st.rerun()

@@ -52,6 +52,8 @@ with draw_col:
     upload = st.file_uploader("...or upload an image of one digit", type=["png", "jpg", "jpeg", "gif", "bmp", "webp"], key="upload")
 
 digit = None
+if upload is not None:
+    st.caption("Showing the uploaded image. Remove the upload to classify the canvas again.")
 try:
     if upload is not None:
         digit = to_mnist(read_image(upload.getvalue()))
@@ -69,6 +71,8 @@ with input_col:
     else:
         st.image(np.kron(digit.image, np.ones((8, 8), dtype=np.float32)), clamp=True, caption="white ink on black, centred by mass")
 
+if digit is not None and not chosen:
+    st.info("Select at least one model above to see its prediction.")
 if digit is not None and chosen:
     st.subheader("Answers")
     columns = st.columns(min(3, len(chosen)))

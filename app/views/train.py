@@ -41,17 +41,21 @@ model_config["width_mult"] = width_col.slider(
 )
 model_config["dropout"] = dropout_col.slider("Dropout before the classifier", 0.0, 0.5, float(defaults["dropout"]), 0.05, key=f"dropout_{arch}")
 
+form_error = None
 if spec.has_stages:
     st.markdown("**Stages**: kernel (height x width), stride per axis" + (", depthwise or full convolution" if spec.has_depthwise else ", max-pool window"))
     model_config["stages"] = stage_editor(spec, defaults["stages"])
 else:
     sizes = st.text_input("Hidden layer sizes", ", ".join(map(str, defaults["hidden_sizes"])), key="hidden_sizes", help="comma-separated units per layer")
-    try:
-        model_config["hidden_sizes"] = [int(s) for s in sizes.split(",") if s.strip()]
-    except ValueError:
-        model_config["hidden_sizes"] = sizes  # core rejects it below with a message naming the value
+    parts = [part.strip() for part in sizes.split(",") if part.strip()]
+    invalid = [part for part in parts if not part.lstrip("-").isdigit()]
+    model_config["hidden_sizes"] = [int(part) for part in parts if part not in invalid]
+    if invalid:
+        form_error = f"hidden layer sizes must be whole numbers separated by commas; {invalid[0]!r} is not one"
 
 described = describe_config(json.dumps(model_config, sort_keys=True))
+if form_error:
+    described = {"config": None, "params": None, "plan": [], "error": form_error}
 if described["error"]:
     st.error(f"This configuration cannot be built: {described['error']}")
 else:
@@ -164,9 +168,9 @@ def _status_line(run: dict, *, queued_ids: list[int], last_epoch: dict | None) -
         message = f"Run #{run['id']} {run['status']}"
         if run["test_accuracy"] is not None:
             message += f": test accuracy {run['test_accuracy']:.2%} in {run['wall_time_s']:.0f} s"
-        {"completed": st.success, "cancelled": st.warning}.get(run["status"], st.error)(
-            message + (f". {run['error']}" if run["error"] else "")
-        )
+        elif run["error"]:
+            message += f": {run['error']}"
+        {"completed": st.success, "cancelled": st.warning}.get(run["status"], st.error)(message)
 
     if run["status"] in ACTIVE_STATUSES:
         if st.button("Cancel this run", key=f"cancel_{run['id']}"):

@@ -10,6 +10,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from core.errors import ConfigError
@@ -127,7 +128,25 @@ def stage_plan(config: dict[str, Any]) -> list[dict]:
     return parsed.validate()
 
 
+MAX_PARAMETERS = 50_000_000  # far above any MNIST model here; stops a typo from exhausting memory
+
+
+def check_model_size(config: dict[str, Any]) -> int:
+    """Return the parameter count without allocating weights; raise ConfigError above MAX_PARAMETERS."""
+    spec, parsed = parse_model_config(config)
+    with torch.device("meta"):  # shapes only: no memory is allocated for the weights
+        params = count_parameters(spec.model_class(parsed))
+    if params > MAX_PARAMETERS:
+        raise ConfigError(
+            f"this config has {params:,} parameters, more than the limit of {MAX_PARAMETERS:,}; "
+            "use fewer channels, smaller hidden sizes or a smaller width_mult"
+        )
+    return params
+
+
 def build_model(config: dict[str, Any]) -> nn.Module:
+    """Build the model, rejecting configs above MAX_PARAMETERS before any memory is allocated."""
+    check_model_size(config)
     spec, parsed = parse_model_config(config)
     return spec.model_class(parsed)
 

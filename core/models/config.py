@@ -76,7 +76,7 @@ def _coerce(hint: Any, raw: Any, label: str) -> Any:
             raise ConfigError(f"{label} must be true or false, got {raw!r}")
         return raw
     if hint is int:
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or int(raw) != raw:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or int(raw) != raw:
             raise ConfigError(f"{label} must be a whole number, got {raw!r}")
         return int(raw)
     if hint is float:
