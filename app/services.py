@@ -1,6 +1,6 @@
-"""Process-wide resources for the pages: the run store, the worker and loaded models.
+"""Process-wide resources for the pages: the run store, the background worker and config summaries.
 
-Streamlit caches each one once per server process; pages call these helpers
+The store is opened once per server process and folder. Pages call these helpers
 and ``core`` and contain no training or file-parsing logic of their own.
 """
 
@@ -10,15 +10,14 @@ import logging
 import multiprocessing
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from core.data import resolve_data_dir
 from core.errors import LabError
-from core.inference import ModelEntry, load_cached, run_models, shipped_models
-from core.models import build_model, count_parameters, normalize_model_config, stage_plan
+from core.inference import ModelEntry, run_models, shipped_models
+from core.models import check_model_size, normalize_model_config, stage_plan
 from core.store import RunStore, resolve_store_dir
 from core.worker import start_worker, worker_running
 
@@ -77,7 +76,7 @@ def describe_config(config_json: str) -> dict[str, Any]:
         complete = normalize_model_config(config)
         return {
             "config": complete,
-            "params": count_parameters(build_model(complete)),
+            "params": check_model_size(complete),
             "plan": stage_plan(complete),
             "error": None,
         }
@@ -93,12 +92,3 @@ def list_models(store: RunStore) -> list[ModelEntry]:
     except LabError as error:
         st.warning(f"A shipped checkpoint could not be read: {error}")
     return entries + run_models(store)
-
-
-@st.cache_resource(show_spinner=False, max_entries=64)
-def _load_model(path: str, mtime_ns: int):
-    return load_cached(path)
-
-
-def load_model(path: Path):
-    return _load_model(str(path), path.stat().st_mtime_ns)

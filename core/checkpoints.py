@@ -1,6 +1,6 @@
 """Weights as safetensors files with their config in the header metadata and in a JSON file beside them.
 
-Loading never unpickles anything: safetensors holds raw tensors only, and the
+Loading never unpickles anything: safetensors contains raw tensors only, and the
 model is rebuilt from its JSON config before the weights are copied in.
 """
 
@@ -81,7 +81,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         model_config = normalize_model_config(record["model_config"])
         model = build_model(model_config)
     except (KeyError, ConfigError) as error:
-        raise CheckpointError(f"{path} holds a config that cannot be built: {error}") from error
+        raise CheckpointError(f"{path} contains a config that cannot be built: {error}") from error
 
     try:
         tensors = load_file(str(path), device="cpu")

@@ -174,9 +174,9 @@ def load_mnist(
 ) -> MNISTData:
     """Load MNIST and split the official training set into 55,000 train and 5,000 validation images.
 
-    ``train_subset`` keeps the first N images of the shuffled training split (for quick runs);
-    ``test_subset`` keeps the first N official test images (tests only: test accuracy
-    reported to users always uses all 10,000).
+    ``train_subset`` keeps the first N images of the shuffled training split, for quick runs.
+    ``test_subset`` keeps the first N official test images. It exists for tests only, because
+    the test accuracy reported to users always uses all 10,000.
     """
     train_images, train_labels, test_images, test_labels = load_raw(data_dir, download=download)
 

@@ -1,4 +1,4 @@
-"""Which devices this machine can train on, and the autocast each one uses."""
+"""Device selection: the devices this machine can train on, and the autocast each one uses."""
 
 from __future__ import annotations
 

@@ -106,7 +106,7 @@ def pid_alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie (exited but not yet reaped) still answers kill(0); /proc tells them apart on Linux.
+    # kill(0) succeeds for a zombie (exited but not yet reaped) too, so on Linux /proc/PID/stat decides.
     stat = Path(f"/proc/{pid}/stat")
     if stat.exists():
         try:

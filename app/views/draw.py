@@ -6,9 +6,9 @@ import numpy as np
 import streamlit as st
 
 from app.charts import probabilities_figure
-from app.services import get_store, list_models, load_model
+from app.services import get_store, list_models
 from core.errors import LabError
-from core.inference import predict_probabilities
+from core.inference import load_cached, predict_probabilities
 from core.preprocess import read_image, to_mnist
 
 CANVAS_SIZE = 280
@@ -81,7 +81,7 @@ if digit is not None and chosen:
         entry = by_key[key]
         with columns[index % len(columns)]:
             try:
-                loaded = load_model(entry.path)
+                loaded = load_cached(entry.path)  # cached per process by path and modification time
             except LabError as error:
                 st.error(f"{entry.label}: {error}")
                 continue
