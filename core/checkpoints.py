@@ -64,13 +64,34 @@ def read_checkpoint_record(path: str | os.PathLike) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({error}); it may be truncated or corrupt") from error
+        raise CheckpointError(_unreadable_message(path, error)) from error
     if METADATA_KEY not in metadata:
         raise CheckpointError(f"{path} has no MNIST Lab config in its header; it was not saved by this tool")
     try:
-        return json.loads(metadata[METADATA_KEY])
+        record = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path} has a corrupt config in its header: {error}") from error
+    if not isinstance(record, dict) or not isinstance(record.get("model_config"), dict):
+        raise CheckpointError(f"{path} has no model_config object in its header; it was not saved by this tool")
+    if not isinstance(record["model_config"].get("arch"), str):
+        raise CheckpointError(f"{path} has a model_config without an architecture name (arch); it was not saved by this tool")
+    return record
+
+
+def _unreadable_message(path: Path, error: Exception) -> str:
+    """Return the message for a file that safetensors cannot read, naming pickle files (torch.save) as such."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    # torch.save writes a zip archive (PK\x03\x04) since PyTorch 1.6, and before that a bare pickle (\x80, protocol).
+    if head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return (
+            f"{path} is a pickle file (as torch.save writes), not a safetensors file; it was not loaded, "
+            "because unpickling can run any code. Use a .safetensors file saved by this tool (python -m core export)"
+        )
+    return f"{path} is not a readable safetensors file ({error}); it may be truncated or corrupt"
 
 
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
@@ -86,7 +107,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path} could not be read ({error}); it may be truncated or corrupt") from error
+        raise CheckpointError(_unreadable_message(path, error)) from error
     check_state_matches(model, tensors, path)
     model.load_state_dict(tensors, strict=True)
     model.to(device).eval()
