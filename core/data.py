@@ -56,19 +56,26 @@ def _missing_files_message(root: Path, reason: str) -> str:
 
 
 def check_idx_files(root: Path) -> None:
-    """Raise DataError unless all four IDX files exist with the right magic number and size."""
+    """Raise DataError unless all four IDX files exist with the right magic number, shape and size."""
+    check_data_root(root)
     folder = raw_folder(root)
     for name, (magic, count, item_bytes) in IDX_FILES.items():
         path = folder / name
-        if not path.is_file():
+        if not path.exists():
             raise DataError(_missing_files_message(root, f"{name} is missing"))
+        if not path.is_file():
+            raise DataError(f"{path} is not a regular file (it is a folder or a device); replace it with the MNIST file {name}")
 
         ndim = 3 if magic == 2051 else 1
+        kind = "images" if magic == 2051 else "labels"
         header_bytes = 4 + 4 * ndim
         expected = header_bytes + count * item_bytes
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            header = f.read(header_bytes)
+        try:
+            size = path.stat().st_size
+            with path.open("rb") as f:
+                header = f.read(header_bytes)
+        except OSError as error:
+            raise DataError(f"cannot read {path}: {error.strerror or error}; check that the file is readable by this user") from error
         if len(header) < 8 or int.from_bytes(header[:4], "big") != magic:
             found = int.from_bytes(header[:4], "big") if len(header) >= 4 else None
             raise DataError(
@@ -76,11 +83,28 @@ def check_idx_files(root: Path) -> None:
                 "Replace it with the original file."
             )
         dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-        if dims[0] != count or size != expected:
+        if dims[0] != count:
+            # Each file must contain exactly its split's count, so images and labels always pair up.
+            raise DataError(
+                f"{path} contains {dims[0]:,} {kind} according to its header, expected {count:,}; "
+                "its images and labels would not pair up. Replace it with the original file."
+            )
+        if ndim == 3 and dims[1:] != [28, 28]:
+            raise DataError(f"{path} contains {dims[1]}x{dims[2]} images, expected 28x28. Replace it with the original file.")
+        if size != expected:
             raise DataError(
                 f"{path} is truncated or corrupt: {size} bytes with header dims {dims}, "
-                f"expected {expected} bytes for {count} items. Replace it with the original file."
+                f"expected {expected} bytes for {count} {kind}. Replace it with the original file."
             )
+
+
+def check_data_root(root: Path) -> None:
+    """Raise DataError when the data directory exists but is not a folder."""
+    if root.exists() and not root.is_dir():
+        raise DataError(
+            f"the data directory {root} is a file, not a folder; point --data-dir or ${DATA_DIR_ENV} "
+            "at the folder that contains MNIST/raw/"
+        )
 
 
 def download_mnist(root: Path) -> None:
@@ -124,6 +148,7 @@ def load_raw(data_dir: str | os.PathLike | None = None, *, download: bool = True
     from torchvision.datasets import MNIST
 
     root = resolve_data_dir(data_dir)
+    check_data_root(root)  # a file here must be fixed by the user, never downloaded over
     try:
         check_idx_files(root)
     except DataError:
@@ -136,6 +161,12 @@ def load_raw(data_dir: str | os.PathLike | None = None, *, download: bool = True
     if key not in _RAW_CACHE:
         train = MNIST(str(root), train=True, download=False)
         test = MNIST(str(root), train=False, download=False)
+        for name, labels in (("train-labels-idx1-ubyte", train.targets), ("t10k-labels-idx1-ubyte", test.targets)):
+            if labels.max() > 9:  # uint8 in the file, so never below 0
+                raise DataError(
+                    f"{raw_folder(root) / name} has label values outside 0-9 (found {int(labels.max())}). "
+                    "Replace it with the original file."
+                )
         _RAW_CACHE.clear()
         _RAW_CACHE[key] = (train.data, train.targets, test.data, test.targets)
     return _RAW_CACHE[key]
