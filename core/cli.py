@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError, LabError
+from core.store import is_run_id
 
 log = logging.getLogger("core.cli")
 
@@ -70,7 +71,7 @@ def _assign(container: Any, parts: list[str], value: Any, item: str) -> None:
     if isinstance(container, list):
         if head == "*":
             targets = range(len(container))
-        elif head.isdigit() and int(head) < len(container):
+        elif head.isascii() and head.isdigit() and int(head) < len(container):
             targets = [int(head)]
         else:
             raise ConfigError(f"--set {item}: index {head!r} is not in 0..{len(container) - 1} (or *)")
@@ -220,7 +221,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.inference import resolve_model_path
     from core.training import evaluate
 
-    path = resolve_model_path(args.model, _store(args) if args.model.isdigit() else None)
+    path = resolve_model_path(args.model, _store(args) if is_run_id(args.model) else None)
     loaded = load_checkpoint(path)
     data = load_mnist(args.data_dir)
     result = evaluate(loaded.model, data.test_images, data.test_labels)
@@ -244,7 +245,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from core.inference import load_cached, predict_probabilities, resolve_model_path
     from core.preprocess import read_image, to_mnist
 
-    path = resolve_model_path(args.model, _store(args) if args.model.isdigit() else None)
+    path = resolve_model_path(args.model, _store(args) if is_run_id(args.model) else None)
     loaded = load_cached(path)
     results, failed = [], 0
     for file in args.images:

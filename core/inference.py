@@ -10,7 +10,7 @@ import torch
 
 from core.checkpoints import LoadedModel, load_checkpoint, read_checkpoint_record
 from core.errors import CheckpointError
-from core.store import RunStore
+from core.store import RunStore, is_run_id
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -63,7 +63,7 @@ def run_models(store: RunStore) -> list[ModelEntry]:
 
 def resolve_model_path(model: str, store: RunStore | None = None) -> Path:
     """Map a run id, a shipped model name ('cnn') or a .safetensors path to a checkpoint path."""
-    if model.isdigit():
+    if is_run_id(model):
         if store is None:
             raise CheckpointError(f"model {model!r} looks like a run id, but no run store was given")
         run = store.get_run(int(model))

@@ -6,9 +6,11 @@ Paths are built from integer run ids only; run names are data and never touch th
 from __future__ import annotations
 
 import json
+import operator
 import os
 import sqlite3
 import time
+import unicodedata
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,8 +20,11 @@ from core.errors import StoreError
 STORE_ENV = "MNIST_LAB_STORE"
 DEFAULT_STORE = "runs"
 MAX_NAME_LENGTH = 100
+MAX_RUN_ID = 2**63 - 1  # the largest SQLite INTEGER PRIMARY KEY
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "diverged", "interrupted")
 ACTIVE_STATUSES = ("queued", "running")
+# Unicode bidirectional embedding, override and isolate controls, which can make a name display reversed.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -84,17 +89,46 @@ def resolve_store_dir(store_dir: str | os.PathLike | None = None) -> Path:
 
 
 def clean_run_name(name: str | None) -> str | None:
-    """Strip a run name and reject one that is too long or has control characters."""
+    """Strip a run name and reject one that is too long or cannot be shown as one line of text."""
     if name is None:
         return None
     name = name.strip()
     if not name:
         return None
     if len(name) > MAX_NAME_LENGTH:
-        raise StoreError(f"run name is {len(name)} characters long; use at most {MAX_NAME_LENGTH}")
-    if any(ord(c) < 32 for c in name):
-        raise StoreError("run name contains control characters such as newlines; use printable text")
+        raise StoreError(f"run name is {len(name)} characters long; use at most {MAX_NAME_LENGTH} characters")
+    for char in name:
+        category = unicodedata.category(char)
+        if category == "Cs":
+            # A lone surrogate: how Python passes on bytes that are not UTF-8 (a file name in another encoding).
+            raise StoreError("run name is not valid UTF-8 text; type the name again or leave it empty")
+        if category in ("Cc", "Zl", "Zp") or char in BIDI_CONTROLS:
+            raise StoreError(
+                f"run name contains control characters (U+{ord(char):04X} here); "
+                "remove newlines, tabs and text-direction marks"
+            )
     return name
+
+
+def check_run_id(run_id: object) -> int:
+    """Return ``run_id`` as an int, or raise StoreError unless it is a whole number from 1 to MAX_RUN_ID.
+
+    Run ids name folders on disk, so text such as "1/../.." and floats are rejected, not converted.
+    """
+    try:
+        if isinstance(run_id, bool):
+            raise TypeError
+        value = operator.index(run_id)  # int and numpy integers; not float, str or None
+    except TypeError:
+        raise StoreError(f"invalid run id {run_id!r}; run ids are whole numbers such as 12") from None
+    if not 1 <= value <= MAX_RUN_ID:
+        raise StoreError(f"invalid run id {value}; run ids are whole numbers from 1 to {MAX_RUN_ID}")
+    return value
+
+
+def is_run_id(text: str) -> bool:
+    """Tell whether a command-line model argument is a run id (ASCII digits only) rather than a name or path."""
+    return text.isascii() and text.isdigit()
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -144,7 +178,8 @@ class RunStore:
             raise StoreError(f"run store {self.db_path} failed: {error}") from error
 
     def run_dir(self, run_id: int) -> Path:
-        return self.root / "checkpoints" / str(int(run_id))
+        """Return the weights folder of a run: checkpoints/RUN_ID under the store root."""
+        return self.root / "checkpoints" / str(check_run_id(run_id))
 
     # -- writing -----------------------------------------------------------
 
@@ -251,6 +286,7 @@ class RunStore:
 
     def request_cancel(self, run_id: int) -> str:
         """Cancel a queued run at once, or ask a running one to stop; return the new status."""
+        run_id = check_run_id(run_id)
         with self.connect() as conn:
             row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
@@ -310,8 +346,9 @@ class RunStore:
     # -- reading -----------------------------------------------------------
 
     def get_run(self, run_id: int) -> dict[str, Any]:
+        run_id = check_run_id(run_id)
         with self.connect() as conn:
-            row = conn.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+            row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise StoreError(f"run {run_id} not found in {self.root}")
         return _decode(row)

@@ -33,6 +33,7 @@ MAX_LOSS_POINTS = 2000  # per-step loss is averaged over groups of steps to stay
 EVAL_BATCH_SIZE = {"cpu": 128}
 FLUSH_INTERVAL_S = 2.0  # pending loss points go to the callbacks (and live charts) once this much time passed
 DEFAULT_EVAL_BATCH_SIZE = 1024
+MAX_SEED = 2**32 - 1  # the range numpy's seeding accepts; torch.manual_seed fails above 2**64 - 1
 
 
 @dataclass
@@ -67,6 +68,8 @@ class TrainConfig:
             raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be at least 2 (BatchNorm needs two images), got {self.batch_size}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         if self.early_stopping_patience < 0:
             raise ConfigError(f"early_stopping_patience must be 0 (off) or more, got {self.early_stopping_patience}")
         if self.train_subset is not None and not 1 <= self.train_subset <= TRAIN_SIZE:

@@ -10,11 +10,12 @@ import streamlit as st
 
 from app.charts import accuracy_figure, loss_figure
 from app.config_form import stage_editor
+from app.escaping import escape_markdown
 from app.services import REFRESH_S, describe_config, ensure_worker, get_store
 from core.devices import available_devices
 from core.errors import LabError
 from core.models import ARCHITECTURES, default_model_config
-from core.store import ACTIVE_STATUSES
+from core.store import ACTIVE_STATUSES, clean_run_name
 from core.training import OPTIMIZERS, SCHEDULERS, TrainConfig, parse_train_config
 
 store = get_store()
@@ -51,7 +52,7 @@ else:
     invalid = [part for part in parts if not part.lstrip("-").isdigit()]
     model_config["hidden_sizes"] = [int(part) for part in parts if part not in invalid]
     if invalid:
-        form_error = f"hidden layer sizes must be whole numbers separated by commas; {invalid[0]!r} is not one"
+        form_error = f"hidden layer sizes must be whole numbers separated by commas; {escape_markdown(repr(invalid[0]))} is not one"
 
 described = describe_config(json.dumps(model_config, sort_keys=True))
 if form_error:
@@ -97,6 +98,7 @@ train_config = {
 train_error = None
 try:
     parse_train_config(train_config)
+    clean_run_name(name)  # the same check the store makes, shown before Start instead of after
 except LabError as error:
     train_error = str(error)
     st.error(f"Training settings are invalid: {train_error}")
