@@ -243,27 +243,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from core.inference import load_cached, predict_probabilities, resolve_model_path
-    from core.preprocess import read_image, to_mnist
+    from core.preprocess import NO_DIGIT_MESSAGE, decode_image, to_mnist
 
     path = resolve_model_path(args.model, _store(args) if is_run_id(args.model) else None)
     loaded = load_cached(path)
     results, failed = [], 0
     for file in args.images:
         try:
-            digit = to_mnist(read_image(file))
+            decoded = decode_image(file)
         except LabError as error:
             print(f"error: {error}", file=sys.stderr)  # the message names the file
-            results.append({"file": file, "prediction": None, "probabilities": None, "error": str(error)})
+            results.append({"file": file, "prediction": None, "probabilities": None, "error": str(error), "notes": []})
             failed += 1
             continue
+        for note in decoded.notes:
+            print(f"note: {note}", file=sys.stderr)
+        digit = to_mnist(decoded.pixels)
         if digit is None:
-            message = "no digit found (the image is blank)"
-            print(f"{file}: {message}", file=sys.stderr)
-            results.append({"file": file, "prediction": None, "probabilities": None, "error": message})
+            print(f"{file}: {NO_DIGIT_MESSAGE}", file=sys.stderr)
+            results.append({"file": file, "prediction": None, "probabilities": None, "error": NO_DIGIT_MESSAGE, "notes": decoded.notes})
             failed += 1
             continue
         probabilities = predict_probabilities(loaded, digit.tensor)[0]
-        results.append({"file": file, "prediction": int(probabilities.argmax()), "probabilities": [round(float(p), 6) for p in probabilities]})
+        results.append({
+            "file": file,
+            "prediction": int(probabilities.argmax()),
+            "probabilities": [round(float(p), 6) for p in probabilities],
+            "notes": decoded.notes,
+        })
 
     lines = [f"{r['file']}: {r['prediction']} ({max(r['probabilities']):.1%})" for r in results if r["prediction"] is not None]
     _print(args, results, "\n".join(lines))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,13 @@ BOX_SIZE = 20
 FRAME_SIZE = 28
 INK_THRESHOLD = 0.1  # fraction of full ink below which a pixel counts as background
 MAX_IMAGE_PIXELS = 4096 * 4096  # uploads above this are rejected from the header, before decoding
+# Larger images are downscaled to this side before the ink search, because the digit ends up 20 pixels
+# tall anyway. Without it, a 4096x4096 RGBA upload raised peak memory by about 500 MB (float copies).
+MAX_WORKING_SIDE = 1024
+NO_DIGIT_MESSAGE = (
+    "no digit found: the image is blank, one flat shade or too faint; "
+    "use an image of one digit with clear contrast, dark on light or light on dark"
+)
 
 
 @dataclass
@@ -115,48 +123,92 @@ def _center_by_mass(patch: np.ndarray) -> np.ndarray:
     return frame
 
 
-def read_image(source: str | os.PathLike | bytes) -> np.ndarray:
-    """Decode an image file (path or bytes) into an RGBA or grayscale array, with clear errors."""
-    from PIL import Image, UnidentifiedImageError
+@dataclass
+class DecodedImage:
+    pixels: np.ndarray  # (H, W), (H, W, 3) or (H, W, 4); uint8, or float32 in [0, 1] for 16- and 32-bit images
+    notes: list[str]  # changes the user should know about, such as "only the first frame is used"
 
-    label = "the uploaded file" if isinstance(source, bytes) else str(source)
-    data = source if isinstance(source, bytes) else None
-    if data is None:
-        try:
-            data = open(source, "rb").read()
-        except OSError as error:
-            raise ImageError(f"cannot read {label}: {error.strerror or error}") from error
-    if not data:
-        raise ImageError(f"{label} is empty; choose a PNG or JPEG image of a digit")
 
+def decode_image(source: str | os.PathLike | bytes, *, name: str | None = None) -> DecodedImage:
+    """Decode an image file (path or bytes) into a grayscale, RGB or RGBA array.
+
+    The size is checked from the header before any pixel is decoded. Images with
+    a side above MAX_WORKING_SIDE are downscaled, and EXIF orientation is applied.
+    ``name`` labels uploaded bytes in messages (the file name the user chose).
+    Every failure raises ImageError with a message for the user.
+    """
+    if isinstance(source, bytes):
+        label = f"the uploaded file {name!r}" if name else "the uploaded file"
+        if not source:
+            raise ImageError(f"{label} is empty (0 bytes); choose a PNG or JPEG image of a digit")
+        return _decode(io.BytesIO(source), label)
+
+    label = str(source)
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
+        with open(source, "rb") as stream:
+            if os.fstat(stream.fileno()).st_size == 0:
+                raise ImageError(f"{label} is empty (0 bytes); choose a PNG or JPEG image of a digit")
+            return _decode(stream, label)
+    except OSError as error:  # _decode turns decoding errors into ImageError, so this is open() or read()
+        raise ImageError(f"cannot read {label}: {error.strerror or error}") from error
+
+
+def read_image(source: str | os.PathLike | bytes, *, name: str | None = None) -> np.ndarray:
+    """Decode an image file (path or bytes) into an array; see ``decode_image``."""
+    return decode_image(source, name=name).pixels
+
+
+def _decode(stream: io.IOBase, label: str) -> DecodedImage:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    notes: list[str] = []
+    try:
+        with Image.open(stream) as opened:
+            width, height = opened.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise ImageError(
                     f"{label} is {width}x{height} pixels; images up to {MAX_IMAGE_PIXELS:,} pixels "
                     "(4096x4096) are accepted, so scale it down first"
                 )
-            image.seek(0)  # animated formats: the first frame is the digit
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image, dtype=np.float32)
-                return array / max(float(array.max()), 1.0)
+            # An animated GIF, PNG or WebP (or a multi-page TIFF) is classified by its first frame.
+            if getattr(opened, "is_animated", False):
+                notes.append(f"{label} has more than one frame; only the first frame is used")
+            opened.seek(0)
+
+            image = opened
+            if image.mode in ("I;16", "I;16B", "I;16L"):
+                image = image.convert("I")
+            elif image.mode not in ("L", "RGB", "RGBA", "CMYK", "I", "F"):
+                image = image.convert("RGBA")  # palette, 1-bit, LA and the rest: modes that ink_map and BOX resizing handle
+            if max(image.size) > MAX_WORKING_SIDE:
+                # In place: on a JPEG, thumbnail() decodes at a reduced scale (Pillow's draft mode).
+                image.thumbnail((MAX_WORKING_SIDE, MAX_WORKING_SIDE), resample=Image.Resampling.BOX)
+            image = ImageOps.exif_transpose(image)  # phone photos store "rotate 90" as a tag, not as pixels
             if image.mode == "CMYK":
                 image = image.convert("RGB")
-            elif image.mode not in ("L", "RGB", "RGBA"):
-                image = image.convert("RGBA")
             image.load()
-            return np.asarray(image)
+            pixels = np.asarray(image)
     except ImageError:
         raise
     except Image.DecompressionBombError as error:
-        # Pillow raises this while reading the header, before the size check above runs,
-        # for images over twice PIL.Image.MAX_IMAGE_PIXELS (about 179 million pixels by default).
-        raise ImageError(
-            f"{label} is too large ({error}); images up to {MAX_IMAGE_PIXELS:,} pixels "
-            "(4096x4096) are accepted, so scale it down first"
-        ) from error
+        raise ImageError(_too_large_message(label, error)) from error
     except UnidentifiedImageError as error:
         raise ImageError(f"{label} is not an image this tool can read; use PNG, JPEG, GIF, BMP or WebP") from error
-    except (OSError, ValueError, SyntaxError) as error:
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise ImageError(f"{label} is truncated or corrupt ({error}); save it again as PNG or JPEG") from error
+
+    if pixels.dtype != np.uint8:  # 16-bit and 32-bit integer or float images
+        pixels = np.clip(pixels.astype(np.float32), 0.0, None)
+        pixels = pixels / max(float(pixels.max(initial=0.0)), 1e-12)
+    return DecodedImage(pixels=pixels, notes=notes)
+
+
+def _too_large_message(label: str, error: Exception) -> str:
+    """Return the message for Pillow's DecompressionBombError, which Pillow raises from the header of a huge image."""
+    # Pillow's message reads "Image size (400000000 pixels) exceeds limit of ..."; keep only the count.
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"{int(found.group(1)):,} pixels" if found else "far too many pixels"
+    return (
+        f"{label} has {size}; images up to {MAX_IMAGE_PIXELS:,} pixels "
+        "(4096x4096) are accepted, so scale it down first"
+    )

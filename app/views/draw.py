@@ -6,10 +6,11 @@ import numpy as np
 import streamlit as st
 
 from app.charts import probabilities_figure
+from app.escaping import escape_markdown
 from app.services import get_store, list_models
 from core.errors import LabError
 from core.inference import load_cached, predict_probabilities
-from core.preprocess import read_image, to_mnist
+from core.preprocess import NO_DIGIT_MESSAGE, decode_image, to_mnist
 
 CANVAS_SIZE = 280
 store = get_store()
@@ -49,20 +50,23 @@ with draw_col:
     if st.button("Clear", key="clear_canvas"):
         st.session_state.canvas_version += 1
         st.rerun()
-    upload = st.file_uploader("...or upload an image of one digit", type=["png", "jpg", "jpeg", "gif", "bmp", "webp"], key="upload")
+    upload = st.file_uploader("...or upload an image of one digit", type=["png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff"], key="upload")
 
 digit = None
 if upload is not None:
     st.caption("Showing the uploaded image. Remove the upload to classify the canvas again.")
 try:
     if upload is not None:
-        digit = to_mnist(read_image(upload.getvalue()))
+        decoded = decode_image(upload.getvalue(), name=upload.name)
+        for note in decoded.notes:
+            st.info(escape_markdown(note))
+        digit = to_mnist(decoded.pixels)
         if digit is None:
-            st.warning("The uploaded image is blank: no digit found.")
+            st.warning(escape_markdown(f"{upload.name}: {NO_DIGIT_MESSAGE}"))
     elif pixels is not None:
         digit = to_mnist(pixels)
 except LabError as error:
-    st.error(str(error))
+    st.error(escape_markdown(str(error)))  # the message quotes the file name the user chose
 
 with input_col:
     st.markdown("**What the models receive (28 x 28)**")
@@ -83,10 +87,10 @@ if digit is not None and chosen:
             try:
                 loaded = load_cached(entry.path)  # cached per process by path and modification time
             except LabError as error:
-                st.error(f"{entry.label}: {error}")
+                st.error(escape_markdown(f"{entry.label}: {error}"))
                 continue
             probabilities = predict_probabilities(loaded, digit.tensor)[0].tolist()
             top = int(np.argmax(probabilities))
             accuracy = f", test accuracy {entry.test_accuracy:.2%}" if entry.test_accuracy is not None else ""
-            st.markdown(f"**{entry.label}** says **{top}** ({probabilities[top]:.1%})  \n{entry.arch}{accuracy}")
+            st.markdown(f"**{escape_markdown(entry.label)}** says **{top}** ({probabilities[top]:.1%})  \n{entry.arch}{accuracy}")
             st.plotly_chart(probabilities_figure(probabilities), key=f"probabilities_{key}")
