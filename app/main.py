@@ -11,6 +11,7 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st
 
+from app.exposure import exposure_warnings
 from app.services import ensure_worker, get_store
 
 st.set_page_config(page_title="MNIST Architecture Lab", page_icon="✏️", layout="wide")
@@ -26,5 +27,9 @@ navigation = st.navigation(
 
 with st.sidebar:
     st.caption(f"Run store: `{get_store().root}`  \n{ensure_worker()}")
+    for warning in exposure_warnings(
+        st.get_option("server.address"), st.get_option("server.port"), st.get_option("browser.gatherUsageStats")
+    ):
+        st.warning(warning)
 
 navigation.run()
