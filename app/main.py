@@ -13,6 +13,7 @@ import streamlit as st
 
 from app.exposure import exposure_warnings
 from app.services import ensure_worker, get_store
+from core.errors import LabError
 
 st.set_page_config(page_title="MNIST Architecture Lab", page_icon="✏️", layout="wide")
 
@@ -25,11 +26,19 @@ navigation = st.navigation(
     ]
 )
 
+try:
+    store_root, worker_status = get_store().root, ensure_worker()
+except LabError as error:  # for example a read-only or full disk: say so instead of a traceback
+    st.error(f"The run store cannot be used: {error}")
+    st.stop()
 with st.sidebar:
-    st.caption(f"Run store: `{get_store().root}`  \n{ensure_worker()}")
+    st.caption(f"Run store: `{store_root}`  \n{worker_status}")
     for warning in exposure_warnings(
         st.get_option("server.address"), st.get_option("server.port"), st.get_option("browser.gatherUsageStats")
     ):
         st.warning(warning)
 
-navigation.run()
+try:
+    navigation.run()
+except LabError as error:  # a store or file problem during a page run: show its message, keep the session
+    st.error(str(error))

@@ -129,3 +129,62 @@ def check_state_matches(model: nn.Module, tensors: dict[str, torch.Tensor], path
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise CheckpointError(f"weights in {path} do not match its config: {shown}")
+
+
+# -- resumable training state ---------------------------------------------------
+
+STATE_KEY = "mnist_lab_training_state"
+
+
+def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write a nested dict of tensors and plain values (model, optimizer, scheduler, RNG) to one safetensors file.
+
+    Tensors go into the file body under their key path; everything else, with
+    the tree's shape, goes into the header as JSON. The write is atomic.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _split_tensors(state, "", tensors)
+    temporary = path.with_suffix(".safetensors.tmp")
+    save_file(tensors, str(temporary), metadata={STATE_KEY: json.dumps(tree)})
+    os.replace(temporary, path)
+    return path
+
+
+def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a file written by ``save_training_state``; raise CheckpointError when it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"training state {path} not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path), device="cpu")
+        tree = json.loads(metadata[STATE_KEY])
+    except (SafetensorError, OSError, ValueError, KeyError) as error:
+        raise CheckpointError(f"training state {path} is not readable ({error}); it may be truncated or from another tool") from error
+    return _join_tensors(tree, tensors)
+
+
+def _split_tensors(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Return a JSON-able copy of ``value`` with each tensor moved into ``tensors`` and replaced by a reference."""
+    if isinstance(value, torch.Tensor):
+        tensors[key] = value.detach().to("cpu").contiguous()
+        return {"__tensor__": key}
+    if isinstance(value, dict):
+        # Optimizer state is keyed by integer parameter ids, which JSON objects cannot keep.
+        return {"__items__": [[k, _split_tensors(v, f"{key}/{k}", tensors)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return [_split_tensors(v, f"{key}/{i}", tensors) for i, v in enumerate(value)]
+    return value
+
+
+def _join_tensors(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(tree, dict) and "__tensor__" in tree:
+        return tensors[tree["__tensor__"]]
+    if isinstance(tree, dict) and "__items__" in tree:
+        return {k: _join_tensors(v, tensors) for k, v in tree["__items__"]}
+    if isinstance(tree, list):
+        return [_join_tensors(v, tensors) for v in tree]
+    return tree

@@ -118,32 +118,19 @@ def cmd_archs(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from core.data import load_raw
-    from core.models import default_model_config
-    from core.models.config import config_to_dict
     from core.runner import execute_run, export_run
-    from core.training import prepare_run
 
-    model_config = default_model_config(args.arch)
-    train_config: dict[str, Any] = {}
-    for option, key in (("epochs", "epochs"), ("device", "device"), ("seed", "seed"), ("train_subset", "train_subset"),
-                        ("lr", "lr"), ("batch_size", "batch_size")):
-        if getattr(args, option) is not None:
-            train_config[key] = getattr(args, option)
-    apply_overrides(model_config, train_config, args.set or [])
-    model_config, parsed = prepare_run(model_config, train_config)  # reject bad configs before creating a run
-    train_config = config_to_dict(parsed)
-    load_raw(args.data_dir)  # missing or broken MNIST fails here, before a run is stored
-    store = _store(args)
-    run_id = store.create_run(model_config, train_config, name=args.name, status="running", source="cli", pid=os.getpid())
-    log.info("run %d: created in %s", run_id, store.root)
-
+    store, run_id = _resume_run(args) if args.resume is not None else _create_run(args)
+    arch = store.get_run(run_id)["arch"]
     bar = tqdm(total=None, unit="step", disable=args.json or not sys.stderr.isatty() and not args.progress, file=sys.stderr)
 
     def on_progress(event: dict[str, Any]) -> None:
         if event["event"] == "start":
             bar.reset(total=event["total_steps"])
-            bar.set_description(f"run {run_id} {args.arch}")
+            bar.set_description(f"run {run_id} {arch}")
+            if event.get("resumed_after_epoch") is not None:
+                bar.n = event["resumed_after_epoch"] * event["steps_per_epoch"]
+                bar.refresh()
         elif event["event"] == "steps":
             bar.n = event["step"]
             bar.set_postfix(loss=f"{event['train_loss']:.4f}")
@@ -159,14 +146,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = execute_run(store, run_id, data_dir=args.data_dir, on_progress=on_progress)
     except KeyboardInterrupt:
         bar.close()
-        print(f"run {run_id} interrupted; its completed epochs are kept in {store.root}", file=sys.stderr)
+        print(
+            f"run {run_id} interrupted; its completed epochs are kept in {store.root}. "
+            f"Continue it with: python -m core --store {store.root} train --resume {run_id}",
+            file=sys.stderr,
+        )
         return 130
     bar.close()
 
     if run["status"] != "completed":
         print(f"run {run_id} {run['status']}: {run['error']}", file=sys.stderr)
         if args.json:
-            print(json.dumps({"run_id": run_id, "arch": args.arch, "status": run["status"], "error": run["error"]}))
+            print(json.dumps({"run_id": run_id, "arch": arch, "status": run["status"], "error": run["error"]}))
         return 1
 
     if args.export:
@@ -193,6 +184,53 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     _print(args, result, text)
     return 0
+
+
+def _create_run(args: argparse.Namespace) -> tuple[Any, int]:
+    """Validate the requested config, then store it as a run marked running in this process."""
+    from core.data import load_raw
+    from core.models import default_model_config
+    from core.models.config import config_to_dict
+    from core.training import prepare_run
+
+    if args.arch is None:
+        raise LabError("train needs --arch ARCH for a new run, or --resume RUN to continue a stopped one")
+    model_config = default_model_config(args.arch)
+    train_config: dict[str, Any] = {}
+    for option, key in (("epochs", "epochs"), ("device", "device"), ("seed", "seed"), ("train_subset", "train_subset"),
+                        ("lr", "lr"), ("batch_size", "batch_size")):
+        if getattr(args, option) is not None:
+            train_config[key] = getattr(args, option)
+    apply_overrides(model_config, train_config, args.set or [])
+    model_config, parsed = prepare_run(model_config, train_config)  # reject bad configs before creating a run
+    train_config = config_to_dict(parsed)
+    load_raw(args.data_dir)  # missing or broken MNIST fails here, before a run is stored
+    store = _store(args)
+    run_id = store.create_run(model_config, train_config, name=args.name, status="running", source="cli", pid=os.getpid())
+    log.info("run %d: created in %s", run_id, store.root)
+    return store, run_id
+
+
+# Options that set a config; a resumed run keeps the config it was started with.
+RESUME_CONFLICTS = ("arch", "epochs", "device", "seed", "lr", "batch_size", "train_subset", "name", "set")
+
+
+def _resume_run(args: argparse.Namespace) -> tuple[Any, int]:
+    """Mark a stopped run as running in this process; training continues from its saved state."""
+    from core.data import load_raw
+
+    given = [f"--{name.replace('_', '-')}" for name in RESUME_CONFLICTS if getattr(args, name) not in (None, [])]
+    if given:
+        raise LabError(
+            f"--resume continues run {args.resume} with its stored config, so {', '.join(given)} cannot be given; "
+            "start a new run to train with other settings"
+        )
+    load_raw(args.data_dir)
+    store = _store(args)
+    store.recover_stale_runs()  # a run whose process died is still "running" until this notices
+    run = store.reopen_for_resume(args.resume, status="running", pid=os.getpid())
+    log.info("run %d: resuming in %s after epoch %d", run["id"], store.root, run["epochs_completed"])
+    return store, run["id"]
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -328,9 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[common], help="train a model in the foreground and store the run",
                        epilog="examples:\n  python -m core train --arch cnn --epochs 3\n"
                               "  python -m core train --arch cnn --set stages.*.kernel_size=[1,7]\n"
-                              "  python -m core train --arch mobilenetv2 --set stages.1.depthwise=false --set lr=0.01",
+                              "  python -m core train --arch mobilenetv2 --set stages.1.depthwise=false --set lr=0.01\n"
+                              "  python -m core train --resume 12",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", required=True, choices=list(ARCHITECTURES), help="architecture to train")
+    p.add_argument("--arch", choices=list(ARCHITECTURES), help="architecture to train (required unless --resume)")
+    p.add_argument("--resume", type=int, default=None, metavar="RUN",
+                   help="continue stopped run RUN (interrupted, failed, cancelled or out_of_memory) after its last completed epoch")
     p.add_argument("--epochs", type=int, default=None, help="passes over the 55,000 training images (default 5)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default=None, help="training device (default auto: cuda, then mps, then cpu)")
     p.add_argument("--seed", type=int, default=None, help="random seed for weights and batch order (default 0)")

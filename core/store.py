@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import operator
 import os
+import shutil
 import sqlite3
 import time
 import unicodedata
@@ -21,8 +22,12 @@ STORE_ENV = "MNIST_LAB_STORE"
 DEFAULT_STORE = "runs"
 MAX_NAME_LENGTH = 100
 MAX_RUN_ID = 2**63 - 1  # the largest SQLite INTEGER PRIMARY KEY
-STATUSES = ("queued", "running", "completed", "failed", "cancelled", "diverged", "interrupted")
+STATUSES = ("queued", "running", "completed", "failed", "cancelled", "diverged", "out_of_memory", "interrupted")
 ACTIVE_STATUSES = ("queued", "running")
+# Runs that stopped for a reason outside their config; they continue from their last completed epoch.
+RESUMABLE_STATUSES = ("interrupted", "failed", "cancelled", "out_of_memory")
+LOW_DISK_BYTES = 1 << 20  # below this much free space an I/O error is reported as a full disk
+TRAINING_STATE_NAME = "last.safetensors"  # per run folder: weights, optimizer and RNG state after the last epoch
 # Unicode bidirectional embedding, override and isolate controls, which can make a name display reversed.
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
@@ -131,6 +136,36 @@ def is_run_id(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def describe_store_error(db_path: Path, error: sqlite3.Error) -> str:
+    """Turn an SQLite error into a message that says what the user can do."""
+    text = str(error)
+    # A write that hits ENOSPC in the WAL file reaches Python as "disk I/O error", so free space decides.
+    if "is full" in text or ("disk I/O error" in text and _free_bytes(db_path.parent) < LOW_DISK_BYTES):
+        return f"the run store {db_path} is full ({text}); free disk space, then retry. Stored runs are kept"
+    if "readonly" in text or "read-only" in text or _read_only(db_path.parent):
+        return (
+            f"the run store {db_path} is read-only ({text}); make the folder writable or point "
+            f"${STORE_ENV} or --store at a writable folder. Stored runs are kept"
+        )
+    if "locked" in text or "busy" in text:
+        return f"the run store {db_path} is busy ({text}); another process holds it. Retry in a moment"
+    return f"run store {db_path} failed: {text}"
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return LOW_DISK_BYTES  # unknown: a folder that cannot be queried is treated as full
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(folder, os.W_OK)
+    except OSError:
+        return False
+
+
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -175,11 +210,14 @@ class RunStore:
                 with conn:
                     yield conn
         except sqlite3.Error as error:
-            raise StoreError(f"run store {self.db_path} failed: {error}") from error
+            raise StoreError(describe_store_error(self.db_path, error)) from error
 
     def run_dir(self, run_id: int) -> Path:
         """Return the weights folder of a run: checkpoints/RUN_ID under the store root."""
         return self.root / "checkpoints" / str(check_run_id(run_id))
+
+    def training_state_path(self, run_id: int) -> Path:
+        return self.run_dir(run_id) / TRAINING_STATE_NAME
 
     # -- writing -----------------------------------------------------------
 
@@ -284,6 +322,48 @@ class RunStore:
                 (run_id,),
             )
 
+    def reopen_for_resume(self, run_id: int, *, status: str = "queued", pid: int | None = None) -> dict[str, Any]:
+        """Put a stopped run back in the queue (or mark it running for the CLI) so it continues; return it.
+
+        Only runs in RESUMABLE_STATUSES qualify. Their stored epochs stay and
+        the training state file decides where training continues.
+        """
+        if status not in ACTIVE_STATUSES:
+            raise ValueError(f"a resumed run is queued or running, not {status!r}")
+        now = time.time()
+        with self.connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT status FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+            if row is None:
+                raise StoreError(f"run {run_id} not found in {self.root}")
+            if row["status"] not in RESUMABLE_STATUSES:
+                raise StoreError(
+                    f"run {run_id} is {row['status']}; only {', '.join(RESUMABLE_STATUSES)} runs can be resumed"
+                )
+            conn.execute(
+                "UPDATE runs SET status = ?, finished_at = NULL, error = NULL, cancel_requested = 0, wall_time_s = NULL,"
+                " pid = ?, started_at = COALESCE(started_at, ?), heartbeat_at = ? WHERE id = ?",
+                (status, pid, now, now, int(run_id)),
+            )
+        return self.get_run(run_id)
+
+    def resume_note(self, run_id: int) -> str:
+        """Return the sentence an early-ended run's error ends with: what is kept and what resuming does."""
+        epochs = self.get_run(run_id)["epochs_completed"]
+        if self.training_state_path(run_id).is_file():
+            return f"the {epochs} completed epochs are kept; resume to continue after epoch {epochs}"
+        if epochs:
+            return f"the {epochs} completed epochs are kept, but without a saved training state resuming starts again at epoch 1"
+        return "no epoch had completed; resume to start it again"
+
+    def truncate_metrics(self, run_id: int, *, epoch: int, step: int) -> None:
+        """Drop metrics recorded after ``epoch``/``step``, the part of an interrupted epoch a resumed run trains again."""
+        with self.connect() as conn:
+            conn.execute("DELETE FROM step_metrics WHERE run_id = ? AND step > ?", (run_id, step))
+            conn.execute("DELETE FROM epoch_metrics WHERE run_id = ? AND epoch > ?", (run_id, epoch))
+            best = conn.execute("SELECT MAX(val_accuracy) FROM epoch_metrics WHERE run_id = ?", (run_id,)).fetchone()[0]
+            conn.execute("UPDATE runs SET epochs_completed = ?, best_val_accuracy = ? WHERE id = ?", (epoch, best, run_id))
+
     def request_cancel(self, run_id: int) -> str:
         """Cancel a queued run at once, or ask a running one to stop; return the new status."""
         run_id = check_run_id(run_id)
@@ -337,7 +417,7 @@ class RunStore:
             with self.connect() as conn:
                 updated = conn.execute(
                     "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? WHERE id = ? AND status = 'running'",
-                    (now, f"{reason}; the {run['epochs_completed']} completed epochs are kept", run["id"]),
+                    (now, f"{reason}; {self.resume_note(run['id'])}", run["id"]),
                 ).rowcount
             if updated:
                 recovered.append(run["id"])

@@ -105,6 +105,9 @@ class Callbacks:
 
     def on_epoch(self, metrics: dict[str, Any]) -> None: ...
 
+    def on_checkpoint(self, state: dict[str, Any]) -> None:
+        """Receive the training state after each completed epoch; ``train(resume=state)`` continues from it."""
+
     def should_stop(self) -> bool:
         return False
 
@@ -175,6 +178,25 @@ class TrainResult:
     wall_time_s: float
 
 
+def _restore_state(state: dict[str, Any], model, optimizer, scheduler, generator, device, steps_per_epoch: int) -> None:
+    """Load a saved training state into freshly built objects; reject one from another config."""
+    if state["step"] != state["epoch"] * steps_per_epoch:
+        raise ConfigError(
+            f"the saved training state has {state['step']} steps after {state['epoch']} epochs, but this config makes "
+            f"{steps_per_epoch} steps per epoch; resume with the config the run was started with"
+        )
+    try:
+        model.load_state_dict({k: v.to(device) for k, v in state["model"].items()})
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise ConfigError(f"the saved training state does not fit this model or optimizer: {error}") from error
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])  # dropout masks continue the same stream
+    # NOTE: CUDA and MPS keep their own random streams, which are not saved, so a resumed GPU run
+    # differs from an uninterrupted one in its dropout masks (not in its batch order).
+
+
 def prepare_run(model_config: dict[str, Any], train_config: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
     """Validate both configs and the device before any training; return the complete model config."""
     complete, config = normalize_model_config(model_config), parse_train_config(train_config)
@@ -191,9 +213,13 @@ def train(
     data: MNISTData | None = None,
     callbacks: Callbacks | None = None,
     log_prefix: str = "",
+    resume: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train one model and evaluate it on the official test set.
 
+    With ``resume`` (a state passed to ``callbacks.on_checkpoint``), training
+    continues after that state's epoch with the same weights, optimizer,
+    schedule and random streams, so the result matches an uninterrupted run.
     Raises TrainingStopped with status "diverged" when the loss becomes NaN or
     infinite and "cancelled" when ``callbacks.should_stop()`` turns true.
     """
@@ -221,16 +247,30 @@ def train(
     scheduler = _make_scheduler(optimizer, config, total_steps)
     generator = torch.Generator().manual_seed(config.seed)
 
-    callbacks.on_start(
-        {"params": params, "device": str(device), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "train_size": n_train}
-    )
-    log.info("%sstart: %d parameters on %s, %d epochs of %d steps", log_prefix, params, device, config.epochs, steps_per_epoch)
-
     best_val, best_epoch, best_state, stale_epochs = -1.0, 0, None, 0
-    last_flush = time.perf_counter()
     step = 0
     epochs_completed = 0
-    for epoch in range(1, config.epochs + 1):
+    training_done = False
+    if resume is not None:
+        _restore_state(resume, model, optimizer, scheduler, generator, device, steps_per_epoch)
+        step, epochs_completed = resume["step"], resume["epoch"]
+        best_val, best_epoch, stale_epochs = resume["best_val"], resume["best_epoch"], resume["stale_epochs"]
+        best_state = {k: v.to(device) for k, v in resume["best_model"].items()} if resume["best_model"] else None
+        training_done = resume["training_done"]
+        started -= resume["elapsed_s"]  # wall time counts the time trained before the interruption
+
+    callbacks.on_start(
+        {"params": params, "device": str(device), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+         "train_size": n_train, "resumed_after_epoch": epochs_completed if resume is not None else None}
+    )
+    if resume is not None:
+        log.info("%sresuming after epoch %d of %d (step %d)", log_prefix, epochs_completed, config.epochs, step)
+    else:
+        log.info("%sstart: %d parameters on %s, %d epochs of %d steps", log_prefix, params, device, config.epochs, steps_per_epoch)
+
+    last_flush = time.perf_counter()
+    first_epoch = config.epochs + 1 if training_done else epochs_completed + 1  # done: only the test evaluation is left
+    for epoch in range(first_epoch, config.epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
         order = torch.randperm(n_train, generator=generator).to(device)
@@ -308,7 +348,17 @@ def train(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale_epochs += 1
-        if config.early_stopping_patience and stale_epochs >= config.early_stopping_patience:
+        stop_early = bool(config.early_stopping_patience) and stale_epochs >= config.early_stopping_patience
+        callbacks.on_checkpoint(
+            {
+                "epoch": epoch, "step": step, "elapsed_s": time.perf_counter() - started, "training_done": stop_early,
+                "best_val": best_val, "best_epoch": best_epoch, "stale_epochs": stale_epochs,
+                "model": model.state_dict(), "best_model": best_state,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            }
+        )
+        if stop_early:
             log.info("%searly stopping after epoch %d: best val_accuracy %.4f at epoch %d", log_prefix, epoch, best_val, best_epoch)
             break
         if callbacks.should_stop():

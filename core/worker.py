@@ -2,8 +2,10 @@
 
 Process layout: the app starts one worker process (spawn start method); the
 worker starts a fresh training process per run. A training process that dies
-(SIGKILL, out of memory, a crash in native code) therefore cannot take the
-worker with it, and the worker marks its run failed with the exit reason.
+(SIGKILL, the kernel's OOM killer, a crash in native code) therefore cannot take
+the worker with it. The worker marks a run killed by a signal "interrupted",
+so it can resume from its last completed epoch, and a crashed one "failed".
+A training process whose worker dies stops itself the same way.
 An exclusive lock file keeps one worker per store, however many app
 processes or sessions start one.
 """
@@ -18,16 +20,21 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 import types
 from pathlib import Path
 
+from core.errors import StoreError
 from core.store import RunStore, pid_alive
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "worker.lock"
 POLL_S = 0.5
+ORPHAN_POLL_S = 1.0  # how often a training process checks that its worker still exists
+MEMORY_LIMIT_ENV = "MNIST_LAB_MEMORY_LIMIT_MB"  # optional cap per training process, in MiB above its start size
+STORE_RETRY_S = 5.0  # wait after a store error (full or read-only disk) before the worker tries again
 CANCEL_GRACE_S = 30.0  # a cancelled run gets this long to stop by itself before it is terminated
 
 
@@ -44,11 +51,63 @@ def training_process_main(store_root: str, run_id: int, data_dir: str | None) ->
     """Entry point of a training process: execute one run that the worker already claimed."""
     _configure_logging()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the app's terminal reaches the worker, which stops this process
-    from core.runner import execute_run
+    from core.runner import RunInterrupted, execute_run
 
+    def interrupt(signum: int, frame) -> None:
+        raise RunInterrupted(f"{signal.Signals(signum).name}: the app or its worker stopped while the run was training")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    _stop_when_orphaned(os.getppid())
+    _apply_memory_limit()
     store = RunStore(store_root)
     store.set_pid(run_id, os.getpid())
     execute_run(store, run_id, data_dir=data_dir)
+
+
+def _stop_when_orphaned(parent_pid: int) -> None:
+    """Send SIGTERM to this process once its worker is gone, so a killed worker leaves no training behind.
+
+    The run then ends as "interrupted" with its epochs kept, and the next
+    worker trains the queue without a stray process competing for the CPU.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(ORPHAN_POLL_S)
+        log.warning("worker %d is gone; stopping this training process", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
+def _apply_memory_limit() -> None:
+    """Cap this process's address space at its current size plus $MNIST_LAB_MEMORY_LIMIT_MB, when set.
+
+    An allocation past the cap fails inside PyTorch, and the run ends as
+    "out_of_memory" instead of the system's OOM killer picking a process.
+    """
+    value = os.environ.get(MEMORY_LIMIT_ENV)
+    if not value:
+        return
+    try:
+        limit_mb = int(value)
+        if limit_mb <= 0:
+            raise ValueError
+    except ValueError:
+        log.error("%s=%r is not a positive whole number of MiB; training without a memory limit", MEMORY_LIMIT_ENV, value)
+        return
+    import resource
+
+    current = _address_space_bytes()
+    resource.setrlimit(resource.RLIMIT_AS, (current + limit_mb * 2**20, resource.RLIM_INFINITY))
+    log.info("memory limit: %d MiB above the %d MiB this process uses", limit_mb, current // 2**20)
+
+
+def _address_space_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("VmSize not found in /proc/self/status")
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -125,11 +184,15 @@ def worker_main(store_root: str, data_dir: str | None, parent_pid: int | None) -
     context = multiprocessing.get_context("spawn")
     try:
         while _should_continue(parent_pid):
-            run = store.claim_next_queued()
-            if run is None:
-                time.sleep(POLL_S)
-                continue
-            _supervise(store, run["id"], context, data_dir, parent_pid)
+            try:
+                run = store.claim_next_queued()
+                if run is None:
+                    time.sleep(POLL_S)
+                    continue
+                _supervise(store, run["id"], context, data_dir, parent_pid)
+            except StoreError as error:
+                log.error("store error, retrying in %.0f s: %s", STORE_RETRY_S, error)
+                time.sleep(STORE_RETRY_S)
     except KeyboardInterrupt:
         log.info("worker %d interrupted", os.getpid())
     finally:
@@ -175,11 +238,14 @@ def _supervise(store: RunStore, run_id: int, context, data_dir: str | None, pare
     if stopped_reason == "cancelled":
         store.finish(run_id, "cancelled", error="cancelled; the training process was terminated")
     elif stopped_reason:
-        store.finish(run_id, "interrupted", error=f"{stopped_reason}; the {run['epochs_completed']} completed epochs are kept")
+        store.finish(run_id, "interrupted", error=f"{stopped_reason}; {store.resume_note(run_id)}")
     else:
+        # Killed by a signal (SIGKILL, the OOM killer) is an interruption from outside: the run can resume.
+        # A non-zero exit code is a crash of the training code itself.
+        status = "interrupted" if process.exitcode is not None and process.exitcode < 0 else "failed"
         reason = f"training process {process.pid} {describe_exit(process.exitcode)}"
-        log.error("run %d: %s", run_id, reason)
-        store.finish(run_id, "failed", error=f"{reason}; the {run['epochs_completed']} completed epochs are kept")
+        log.error("run %d: %s; marked %s", run_id, reason, status)
+        store.finish(run_id, status, error=f"{reason}; {store.resume_note(run_id)}")
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("MNIST_DATA_DIR") or REPO_ROOT.parent / "shared" / "data").resolve()
 SHIPPED_CNN = REPO_ROOT / "checkpoints" / "cnn.safetensors"
 CLOSED_LOCAL_MIRROR = "http://127.0.0.1:9/"  # port 9 (discard) normally has no listener, so connecting fails at once
+RUN_TIMEOUT_S = 180  # a short worker run spawns a process, imports torch and loads MNIST first
 
 
 def python_env() -> dict[str, str]:
@@ -67,3 +68,24 @@ def run_cli_parallel(commands: dict[str, list[str]], timeout: float = 240) -> di
             stdout, stderr = process.communicate()
         results[key] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     return results
+
+
+def queue_run(store, *, epochs: int, train_subset: int, name: str | None = None, arch: str = "dense", **train: object) -> int:
+    """Validate a small CPU run like the app does and queue it in ``store``; return its id."""
+    from core.models.config import config_to_dict
+    from core.training import prepare_run
+
+    model_config, train_config = prepare_run({"arch": arch}, {"epochs": epochs, "train_subset": train_subset, "device": "cpu", **train})
+    return store.create_run(model_config, config_to_dict(train_config), name=name)
+
+
+def status_of(store, run_id: int, *statuses: str):
+    """Return the run when its status is one of ``statuses``, else None (for ``wait_for``)."""
+    run = store.get_run(run_id)
+    return run if run["status"] in statuses else None
+
+
+def wait_until_training(store, run_id: int) -> dict:
+    """Wait until the run is running and has reported loss points; return the run."""
+    wait_for(lambda: store.step_metrics([run_id]), timeout=RUN_TIMEOUT_S, description=f"run {run_id} to report loss points")
+    return store.get_run(run_id)

@@ -15,7 +15,7 @@ from app.services import REFRESH_S, describe_config, ensure_worker, get_store
 from core.devices import available_devices
 from core.errors import LabError
 from core.models import ARCHITECTURES, default_model_config
-from core.store import ACTIVE_STATUSES, clean_run_name
+from core.store import ACTIVE_STATUSES, RESUMABLE_STATUSES, clean_run_name
 from core.training import OPTIMIZERS, SCHEDULERS, TrainConfig, parse_train_config
 
 store = get_store()
@@ -178,6 +178,16 @@ def _status_line(run: dict, *, queued_ids: list[int], last_epoch: dict | None) -
         if st.button("Cancel this run", key=f"cancel_{run['id']}"):
             status = store.request_cancel(run["id"])
             st.toast(f"Run {run['id']} {'cancelled' if status == 'cancelled' else 'will stop within a few seconds'}")
+    elif run["status"] in RESUMABLE_STATUSES:
+        after = f" after epoch {run['epochs_completed']}" if run["epochs_completed"] else " from the start"
+        if st.button(f"Resume{after}", key=f"resume_{run['id']}", help="queue this run again; it keeps its config and curves"):
+            try:
+                store.reopen_for_resume(run["id"])
+            except LabError as error:
+                st.error(f"Could not resume run {run['id']}: {error}")
+            else:
+                st.session_state["watch_run"] = run["id"]
+                st.rerun()  # the whole page, so the live view starts polling again
 
 
 live_view()
