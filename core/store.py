@@ -330,6 +330,7 @@ class RunStore:
         """
         if status not in ACTIVE_STATUSES:
             raise ValueError(f"a resumed run is queued or running, not {status!r}")
+        run_id = check_run_id(run_id)
         now = time.time()
         with self.connect() as conn:
             conn.execute("BEGIN IMMEDIATE")

@@ -274,7 +274,7 @@ def test_run_dir_rejects_id(store, run_id, fragment):
     assert not (store.root / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("method", ["get_run", "request_cancel", "delete_run"])
+@pytest.mark.parametrize("method", ["get_run", "request_cancel", "delete_run", "reopen_for_resume", "training_state_path"])
 @pytest.mark.parametrize("run_id", [-5, MAX_RUN_ID + 1, "1/../.."], ids=["negative", "above max", "dot-dot"])
 def test_store_methods_reject_id(store, method, run_id):
     with pytest.raises(StoreError, match="invalid run id"):
@@ -308,6 +308,8 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
         (["predict", "digit.png", "--model", "99999999999999999999"], "invalid run id 99999999999999999999"),
         (["export", "-3", "out.safetensors"], "invalid run id -3"),
         (["cancel", "1/../.."], "argument run: invalid int value: '1/../..'"),
+        (["train", "--resume", "-2"], "invalid run id -2"),
+        (["train", "--resume", "0"], "invalid run id 0"),
     ],
 )
 def test_cli_rejects_run_id(tmp_path, capsys, args, fragment):
