@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import plotly.graph_objects as go
@@ -12,6 +13,12 @@ PALETTE = qualitative.Plotly
 
 def _color(index: int) -> str:
     return PALETTE[index % len(PALETTE)]
+
+
+def _escape_plotly(text: str) -> str:
+    """Escape a run name for Plotly, which renders tags such as <b> and <a href> in names, titles and hover text."""
+    # plotly.js (svg_text_utils) splits on tags first and decodes &lt; &gt; &amp; in the text parts only.
+    return html.escape(text, quote=False)
 
 
 def _layout(fig: go.Figure, *, title: str, x_title: str, y_title: str, log_y: bool = False, height: int = 340) -> go.Figure:
@@ -33,6 +40,7 @@ def loss_figure(names: dict[int, str], steps: list[dict], epochs: list[dict], *,
     fig = go.Figure()
     for i, (run_id, name) in enumerate(names.items()):
         color = _color(i)
+        name = _escape_plotly(name)
         run_steps = [s for s in steps if s["run_id"] == run_id]
         run_epochs = [e for e in epochs if e["run_id"] == run_id]
         if run_steps:
@@ -59,6 +67,7 @@ def accuracy_figure(names: dict[int, str], epochs: list[dict]) -> go.Figure:
         if not run_epochs:
             continue
         color = _color(i)
+        name = _escape_plotly(name)
         x = [e["epoch"] for e in run_epochs]
         fig.add_scatter(x=x, y=[e["train_accuracy"] for e in run_epochs], mode="lines+markers", name=f"{name} train", line={"color": color})
         fig.add_scatter(
@@ -81,7 +90,7 @@ def confusion_figure(matrix: list[list[int]], *, title: str) -> go.Figure:
         )
     )
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, title=title, x_title="predicted", y_title="true", height=360)
+    return _layout(fig, title=_escape_plotly(title), x_title="predicted", y_title="true", height=360)
 
 
 def params_figure(rows: list[dict[str, Any]], selected: set[str]) -> go.Figure:
@@ -92,7 +101,7 @@ def params_figure(rows: list[dict[str, Any]], selected: set[str]) -> go.Figure:
         group = [r for r in rows if r["architecture"] == arch]
         fig.add_scatter(
             x=[r["params"] for r in group], y=[r["test_accuracy"] for r in group], mode="markers", name=arch,
-            text=[r["name"] for r in group],
+            text=[_escape_plotly(r["name"]) for r in group],
             marker={"size": [16 if r["key"] in selected else 9 for r in group], "color": _color(i)},
             hovertemplate="%{text}<br>%{x:,} parameters<br>test accuracy %{y:.2%}<extra></extra>",
         )

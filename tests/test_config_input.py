@@ -332,3 +332,23 @@ def test_hidden_sizes_markup_escaped(app_store):
     assert "![x]" not in message
     assert at.button(key="start").disabled
 
+
+
+def test_chart_names_escaped():
+    from app.charts import accuracy_figure, confusion_figure, loss_figure, params_figure
+
+    name = "<b>bold</b> <a href='http://127.0.0.1:9/'>link</a> & co"
+    escaped = "&lt;b&gt;bold&lt;/b&gt; &lt;a href='http://127.0.0.1:9/'&gt;link&lt;/a&gt; &amp; co"
+    steps = [{"run_id": 1, "step": 1, "epoch": 0.5, "train_loss": 1.0}]
+    epochs = [{"run_id": 1, "epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "train_accuracy": 0.5, "val_accuracy": 0.4}]
+    row = {"key": "run:1", "name": name, "architecture": "dense", "params": 67_978, "test_accuracy": 0.5}
+
+    loss = loss_figure({1: name}, steps, epochs)
+    accuracy = accuracy_figure({1: name}, epochs)
+    confusion = confusion_figure([[1, 0], [0, 1]], title=name)
+    params = params_figure([row], set())
+
+    assert [trace.name for trace in loss.data] == [f"{escaped} train (step)", f"{escaped} train", f"{escaped} validation"]
+    assert [trace.name for trace in accuracy.data] == [f"{escaped} train", f"{escaped} validation"]
+    assert confusion.layout.title.text == escaped
+    assert list(params.data[0].text) == [escaped]
