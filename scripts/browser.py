@@ -7,6 +7,7 @@ Everything listens on and connects to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -19,7 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-# No sandbox because CI runs as root; no GPU on headless servers; no update or metrics traffic.
+# Chromium rejects root without --no-sandbox, and CI runs as root. Headless servers have no GPU.
+# Background networking would contact update and metrics servers.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 START_TIMEOUT_S = 60.0
 
@@ -38,6 +40,18 @@ def missing_browser_reason() -> str | None:
 def launch_chromium(playwright):
     """Launch headless Chromium from CHROMIUM with CHROMIUM_ARGS; works with the sync and the async API."""
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def end_with_parent() -> None:
+    """Ask Linux to send SIGTERM to this child when the thread that started it exits (a preexec_fn).
+
+    A test process that is killed then cannot leave its server or training process behind.
+    Elsewhere this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1  # from <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -71,8 +85,8 @@ def start_app(port: int, store: str | os.PathLike, env: dict[str, str] | None = 
     """Start `streamlit run app/main.py` on 127.0.0.1:port and wait until its health check returns 200.
 
     The server gets its own process group, so stop_app also ends the worker and
-    training processes it spawned. Its output goes to a log file, not a pipe that
-    could fill up and block the server.
+    training processes it spawned, and it gets SIGTERM when the calling thread exits.
+    Its output goes to a log file, not a pipe that could fill up and block the server.
     """
     environment = {**os.environ, "MNIST_LAB_STORE": str(store), **(env or {})}
     log_path = Path(tempfile.mkstemp(prefix="mnist-lab-streamlit-", suffix=".log")[1])
@@ -84,6 +98,7 @@ def start_app(port: int, store: str | os.PathLike, env: dict[str, str] | None = 
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=end_with_parent,
         )
     app = App(process, port, Path(store), log_path)
 
@@ -102,7 +117,10 @@ def start_app(port: int, store: str | os.PathLike, env: dict[str, str] | None = 
 
 
 def stop_app(app: App, timeout_s: float = 20.0) -> None:
-    """Stop the server with SIGTERM (its worker marks a running run interrupted), kill what is left of its group, delete its log."""
+    """Stop the server with SIGTERM, kill what is left of its process group and delete its log.
+
+    On SIGTERM the worker marks a running run interrupted.
+    """
     process = app.process
     if process.poll() is None:
         process.terminate()

@@ -1,7 +1,7 @@
 """Fixtures for the browser tests: Debian's Chromium driven by playwright against `streamlit run`.
 
-Without Chromium or the playwright package these tests skip, except when the CI
-variable is set: CI installs both (see .ci/run), so there a missing browser fails.
+Without Chromium or the playwright package these tests skip. When the CI
+variable is set they fail instead, because .ci/run installs both.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Every page in a real browser: live training curves, drawing on the canvas, Compare, and the Start guard.
 
-One `streamlit run` server with a fresh run store and its real worker serves
-the module; each test opens its own browser context, so each is a new session.
+One `streamlit run` server, with a fresh run store and its real worker, serves
+the module. Each test opens its own browser context and so gets a new Streamlit session.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 
 from core.store import RunStore
 from scripts.browser import draw_seven, free_port, launch_chromium, start_app, stop_app
+from tests.browser.streamlit_dom import LIVE_LOSS_POINTS_JS, SCRIPT_STATE_SELECTOR
 from tests.helpers import REPO_ROOT, wait_for
 
 pytestmark = pytest.mark.browser
@@ -21,12 +22,6 @@ pytestmark = pytest.mark.browser
 SHIPPED_LABELS = sorted(f"{path.stem} (shipped)" for path in (REPO_ROOT / "checkpoints").glob("*.safetensors"))
 VIEWPORT = {"width": 1400, "height": 2000}
 PAGE_TIMEOUT_MS = 60_000
-
-# Sum of the y values of every trace in the live loss chart. During a fragment rerun
-# Streamlit briefly shows the old and the new chart, so the larger count is the current one.
-LIVE_LOSS_POINTS_JS = """() => Math.max(0, ...Array.from(
-    document.querySelectorAll('.st-key-live_loss .js-plotly-plot'),
-    plot => (plot.data || []).reduce((total, trace) => total + (trace.y || []).length, 0)))"""
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +77,7 @@ def wait_until_settled(page, quiet_s: float = 0.5, timeout_s: float = 30.0) -> N
     deadline = time.monotonic() + timeout_s
     quiet_since = time.monotonic()
     while time.monotonic() < deadline:
-        state = page.locator('[data-testid="stApp"]').get_attribute("data-test-script-state")
+        state = page.locator(SCRIPT_STATE_SELECTOR).get_attribute("data-test-script-state")
         if state != "notRunning":
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since >= quiet_s:
@@ -164,7 +159,7 @@ def test_compare_lists_run_beside_shipped(app, page):
     expected = SHIPPED_LABELS + [f"#{run['id']} {run['name']}" for run in store.list_runs()]
 
     open_page(page, app, "compare", "Compare")
-    # The data grid draws on a canvas; its accessible table carries the same cells as text.
+    # The data grid draws on a canvas, but its accessible table contains the same cells as text.
     table = page.locator('[data-testid="stDataFrame"] table')
     table.wait_for(state="attached")
     names = wait_for(
@@ -185,7 +180,8 @@ def test_start_double_click_queues_one_run(app, page, gap_s):
     start = page.get_by_role("button", name="Start training")
 
     # A dblclick's two clicks are milliseconds apart, so the second interrupts the first
-    # script run before it queues anything; 100 ms apart, the first run finishes its queueing first.
+    # script run before it queues anything. With 100 ms between them, both script runs reach
+    # the Start button's handler, so only a guard keeps the second from queueing a run.
     if gap_s:
         start.click()
         time.sleep(gap_s)
