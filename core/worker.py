@@ -36,6 +36,9 @@ ORPHAN_POLL_S = 1.0  # how often a training process checks that its worker still
 MEMORY_LIMIT_ENV = "MNIST_LAB_MEMORY_LIMIT_MB"  # optional cap per training process, in MiB above its start size
 STORE_RETRY_S = 5.0  # wait after a store error (full or read-only disk) before the worker tries again
 CANCEL_GRACE_S = 30.0  # a cancelled run gets this long to stop by itself before it is terminated
+# Added to each training process's nice value. A training process keeps a core busy, so
+# without this the app's server and browser sessions on the same machine wait behind it.
+TRAINING_NICE = 10
 
 
 def _configure_logging() -> None:
@@ -59,6 +62,7 @@ def training_process_main(store_root: str, run_id: int, data_dir: str | None) ->
     signal.signal(signal.SIGTERM, interrupt)
     _stop_when_orphaned(os.getppid())
     _apply_memory_limit()
+    os.nice(TRAINING_NICE)
     store = RunStore(store_root)
     store.set_pid(run_id, os.getpid())
     execute_run(store, run_id, data_dir=data_dir)

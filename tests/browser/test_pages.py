@@ -6,6 +6,7 @@ the module. Each test opens its own browser context and so gets a new Streamlit 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from core.store import RunStore
+from core.worker import TRAINING_NICE
 from scripts.browser import draw_seven, free_port, launch_chromium, start_app, stop_app
 from tests.browser.streamlit_dom import LIVE_LOSS_POINTS_JS, SCRIPT_STATE_SELECTOR
 from tests.helpers import REPO_ROOT, wait_for
@@ -90,6 +92,12 @@ def live_loss_points(page) -> int:
     return page.evaluate(LIVE_LOSS_POINTS_JS)
 
 
+def process_nice(pid: int) -> int:
+    """Nice value of a running process, the 19th field of /proc/PID/stat (Linux)."""
+    fields_after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields_after_name[16])
+
+
 def runs_named(store: Path, name: str) -> list[dict]:
     return [run for run in RunStore(store).list_runs() if run["name"] == name]
 
@@ -102,12 +110,15 @@ def test_train_live_chart_grows_without_click(app, page):
 
     run = wait_for(lambda: runs_named(app.store, "browser live run"), timeout=30, description="the run in the store")[0]
     first = wait_for(lambda: live_loss_points(page), timeout=120, interval=0.1, description="the first loss points")
+    training_pid = RunStore(app.store).get_run(run["id"])["pid"]
+    training_nice = process_nice(training_pid)  # read while it trains; it exits when the run ends
     wait_for(lambda: live_loss_points(page) > first, timeout=60, interval=0.1, description="more loss points without a click")
     second = live_loss_points(page)
 
     assert run["train_config"]["train_subset"] == 10_000
     assert run["train_config"]["epochs"] == 3
     assert second > first > 0
+    assert training_nice == os.nice(0) + TRAINING_NICE
 
 
 def test_draw_predicts_with_every_model(app, page):
