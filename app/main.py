@@ -28,7 +28,7 @@ navigation = st.navigation(
 
 try:
     store_root, worker_status = get_store().root, ensure_worker()
-except LabError as error:  # for example a read-only or full disk: say so instead of a traceback
+except LabError as error:  # for example a read-only or full disk: show the message, not a traceback
     st.error(f"The run store cannot be used: {error}")
     st.stop()
 with st.sidebar:

@@ -48,9 +48,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_config: dic
 
     record = {"model_config": model_config, **info}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    temporary = path.with_suffix(".safetensors.tmp")
-    save_file(tensors, str(temporary), metadata={METADATA_KEY: json.dumps(record)})
-    os.replace(temporary, path)  # a crash mid-write never leaves a half-written checkpoint under the real name
+    _write_atomic(path, tensors, {METADATA_KEY: json.dumps(record)})
     path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     return path
 
@@ -146,10 +144,15 @@ def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     tree = _split_tensors(state, "", tensors)
-    temporary = path.with_suffix(".safetensors.tmp")
-    save_file(tensors, str(temporary), metadata={STATE_KEY: json.dumps(tree)})
-    os.replace(temporary, path)
+    _write_atomic(path, tensors, {STATE_KEY: json.dumps(tree)})
     return path
+
+
+def _write_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file through a temporary name, so a crash mid-write never leaves a half-written file at ``path``."""
+    temporary = path.with_suffix(".safetensors.tmp")
+    save_file(tensors, str(temporary), metadata=metadata)
+    os.replace(temporary, path)
 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:

@@ -137,7 +137,7 @@ def is_run_id(text: str) -> bool:
 
 
 def describe_store_error(db_path: Path, error: sqlite3.Error) -> str:
-    """Turn an SQLite error into a message that says what the user can do."""
+    """Return a message for an SQLite error that names the cause (full, read-only, busy) and the fix."""
     text = str(error)
     # A write that hits ENOSPC in the WAL file reaches Python as "disk I/O error", so free space decides.
     if "is full" in text or ("disk I/O error" in text and _free_bytes(db_path.parent) < LOW_DISK_BYTES):

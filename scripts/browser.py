@@ -116,12 +116,8 @@ def start_app(port: int, store: str | os.PathLike, env: dict[str, str] | None = 
     raise RuntimeError(f"streamlit did not respond on port {port} within {START_TIMEOUT_S:.0f} s:\n{app.log_tail()}")
 
 
-def stop_app(app: App, timeout_s: float = 20.0) -> None:
-    """Stop the server with SIGTERM, kill what is left of its process group and delete its log.
-
-    On SIGTERM the worker marks a running run interrupted.
-    """
-    process = app.process
+def stop_process(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """Send SIGTERM, wait up to ``timeout_s`` seconds, then SIGKILL."""
     if process.poll() is None:
         process.terminate()
         try:
@@ -129,6 +125,15 @@ def stop_app(app: App, timeout_s: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def stop_app(app: App, timeout_s: float = 20.0) -> None:
+    """Stop the server with SIGTERM, kill what is left of its process group and delete its log.
+
+    On SIGTERM the worker marks a running run interrupted.
+    """
+    process = app.process
+    stop_process(process, timeout_s)
 
     # The worker and training processes stop with the server; SIGKILL catches any that hang.
     try:

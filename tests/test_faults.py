@@ -167,17 +167,22 @@ def test_completed_run_not_resumable(store, data_dir):
         store.reopen_for_resume(run_id)
 
 
-def test_model_error_fails_then_next_works(store, data_dir, monkeypatch):
+def fail_then_train(store, data_dir, monkeypatch, error: Exception) -> tuple[dict, dict]:
+    """Run one dense run whose forward raises ``error``, then a healthy one in the same process; return both rows."""
     broken = queue_run(store, epochs=1, train_subset=500, name="broken")
     healthy = queue_run(store, epochs=1, train_subset=500, name="healthy")
 
     def forward(self, x):
-        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (64x10 and 11x10)")
+        raise error
 
     with monkeypatch.context() as patch:
         patch.setattr(DenseNet, "forward", forward)
         failed = start_in_process(store, broken, data_dir)
-    ok = start_in_process(store, healthy, data_dir)
+    return failed, start_in_process(store, healthy, data_dir)
+
+
+def test_model_error_fails_then_next_works(store, data_dir, monkeypatch):
+    failed, ok = fail_then_train(store, data_dir, monkeypatch, RuntimeError("mat1 and mat2 shapes cannot be multiplied (64x10 and 11x10)"))
 
     assert failed["status"] == "failed"
     assert "RuntimeError: mat1 and mat2 shapes cannot be multiplied" in failed["error"]
@@ -186,16 +191,7 @@ def test_model_error_fails_then_next_works(store, data_dir, monkeypatch):
 
 
 def test_cuda_style_oom_gets_own_status(store, data_dir, monkeypatch):
-    doomed = queue_run(store, epochs=1, train_subset=500, name="oom")
-    healthy = queue_run(store, epochs=1, train_subset=500, name="after")
-
-    def forward(self, x):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(DenseNet, "forward", forward)
-        failed = start_in_process(store, doomed, data_dir)
-    ok = start_in_process(store, healthy, data_dir)
+    failed, ok = fail_then_train(store, data_dir, monkeypatch, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"))
 
     assert failed["status"] == "out_of_memory"
     assert "CUDA out of memory" in failed["error"]

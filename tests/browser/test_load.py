@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from core.store import RunStore
-from scripts.browser import end_with_parent, free_port, launch_chromium, start_app, stop_app
+from scripts.browser import end_with_parent, free_port, launch_chromium, start_app, stop_app, stop_process
 from tests.browser.streamlit_dom import LIVE_LOSS_LOG_SCALE_JS, LIVE_LOSS_POINTS_JS
 from tests.helpers import REPO_ROOT, python_env, wait_for
 
@@ -291,16 +291,6 @@ async def measure_sessions(browser, sessions: list[Session], url: str, store: Pa
         "rss_before_mib": rss_before_mib,
         "rss_after_mib": rss_after_mib,
     }
-
-
-def stop_process(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_ten_sessions_while_two_runs_train(tmp_path, data_dir, chromium_ready, capsys):
