@@ -10,6 +10,7 @@ import torch
 
 from core.checkpoints import LoadedModel, load_checkpoint, read_checkpoint_record
 from core.errors import CheckpointError
+from core.models.outputs import probabilities
 from core.store import RunStore, is_run_id
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -100,4 +101,4 @@ def load_cached(path: str | os.PathLike) -> LoadedModel:
 @torch.no_grad()
 def predict_probabilities(model: LoadedModel, tensor: torch.Tensor) -> torch.Tensor:
     """Return class probabilities (B, 10) for normalised inputs (B, 1, 28, 28)."""
-    return torch.softmax(model.model(tensor.to(torch.float32)), dim=1)
+    return probabilities(model.model, model.model(tensor.to(torch.float32)))

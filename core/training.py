@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from core.data import VAL_SIZE, MNISTData, load_mnist, normalize
@@ -22,6 +21,7 @@ from core.devices import autocast_for, resolve_device
 from core.errors import ConfigError, LabError
 from core.models import build_model, check_model_size, count_parameters, normalize_model_config
 from core.models.config import NUM_CLASSES, config_from_dict, config_to_dict
+from core.models.outputs import loss_and_scores
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
         x = normalize(images[start : start + batch_size].to(device))
         y = labels[start : start + batch_size].to(device)
         with autocast_for(device):
-            logits = model(x)
-        total_loss += F.cross_entropy(logits.float(), y, reduction="sum")
+            loss, logits = loss_and_scores(model, x, y, reduction="sum")
+        total_loss += loss.float()
         predictions.append(logits.argmax(dim=1))
 
     predicted = torch.cat(predictions).cpu()
@@ -285,8 +285,8 @@ def train(
             x = normalize(data.train_images[index])
             y = data.train_labels[index]
             with autocast_for(device):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+                loss, logits = loss_and_scores(model, x, y, label_smoothing=config.label_smoothing)
+            loss = loss.float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -133,11 +133,11 @@ def test_cnn_plan_matches_real_shapes(arch, settings):
 
 
 @pytest.mark.parametrize("arch", DEPTHWISE_ARCHS)
-def test_depthwise_flag_changes_params(arch):
+def test_full_convolution_has_more_params_than_depthwise(arch):
     depthwise = default_model_config(arch)
     full = copy.deepcopy(depthwise)
     for stage in full["stages"]:
-        stage["depthwise"] = False
+        stage["groups"] = 1
 
     model = build_model(full).eval()
     with torch.no_grad():
@@ -155,9 +155,23 @@ def test_depthwise_uses_grouped_conv(arch):
 
     full = default_model_config(arch)
     for stage in full["stages"]:
-        stage["depthwise"] = False
+        stage["groups"] = 1
     full_model = build_model(full)
     assert all(m.groups == 1 for m in full_model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+@pytest.mark.parametrize("arch", DEPTHWISE_ARCHS)
+def test_saved_depthwise_flag_maps_onto_groups(arch):
+    """Runs saved before ``groups`` existed stored ``depthwise: true/false`` per stage."""
+    legacy = default_model_config(arch)
+    for index, stage in enumerate(legacy["stages"]):
+        del stage["groups"]
+        stage["depthwise"] = index % 2 == 0
+    upgraded = normalize_model_config(legacy)
+    assert [stage["groups"] for stage in upgraded["stages"]] == [
+        0 if index % 2 == 0 else 1 for index in range(len(legacy["stages"]))
+    ]
+    assert "depthwise" not in upgraded["stages"][0]
 
 
 @pytest.mark.parametrize("arch", ALL_ARCHS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from core.errors import ConfigError
 from core.models.cnn import CNN, CNNConfig, SECNNConfig
 from core.models.config import config_from_dict, config_to_dict
 from core.models.dense import DenseConfig, DenseNet
-from core.models.mobile import EfficientNetConfig, MobileNetV2, MobileNetV2Config
+from core.models.mobile import EfficientNetConfig, MobileNetV2, MobileNetV2Config, upgrade_mobile_settings
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class ArchSpec:
     model_class: type
     has_stages: bool  # per-stage kernel_size and stride can be edited
     has_depthwise: bool  # stages offer depthwise or full spatial convolution
+    upgrade: Callable[[dict], dict] | None = None  # maps settings saved by older versions onto the current ones
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -74,6 +75,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             MobileNetV2,
             has_stages=True,
             has_depthwise=True,
+            upgrade=upgrade_mobile_settings,
         ),
         ArchSpec(
             "efficientnet",
@@ -84,6 +86,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             MobileNetV2,
             has_stages=True,
             has_depthwise=True,
+            upgrade=upgrade_mobile_settings,
         ),
     ]
 }
@@ -110,6 +113,8 @@ def parse_model_config(config: dict[str, Any]) -> tuple[ArchSpec, Any]:
         raise ConfigError(f"a model config must be a mapping with an 'arch' key, got {config!r}")
     spec = get_arch(config["arch"])
     settings = {k: v for k, v in config.items() if k != "arch"}
+    if spec.upgrade is not None:
+        settings = spec.upgrade(copy.deepcopy(settings))
     parsed = spec.config_class()
     parsed = config_from_dict(spec.config_class, {**config_to_dict(parsed), **settings})
     return spec, parsed

@@ -1,7 +1,9 @@
 """Plain CNN and CNN with squeeze-excitation (Hu et al. 2018, arXiv:1709.01507).
 
-Each stage is one convolution (kernel and stride per axis, same padding),
-BatchNorm, ReLU, optional squeeze-excitation, and an optional max pool.
+Each stage is one convolution (kernel, stride and dilation per axis, same
+padding, optionally grouped), an optional 1x1 pointwise convolution that mixes
+the groups, BatchNorm, ReLU, optional squeeze-excitation, and an optional max
+pool with its own (height, width) window.
 Global average pooling feeds a linear classifier, so any kernel shape works
 without changing the head.
 """
@@ -20,7 +22,9 @@ from core.models.config import (
     check_pair,
     check_probability,
     conv_output_size,
+    ReceptiveField,
     pool_output_size,
+    resolve_groups,
     scale_channels,
 )
 from core.models.layers import ConvBNAct, SqueezeExcite
@@ -32,6 +36,9 @@ class ConvStage:
     kernel_size: tuple[int, int] = (3, 3)
     stride: tuple[int, int] = (1, 1)
     pool: tuple[int, int] = (2, 2)  # max-pool window (height, width); (1, 1) turns pooling off
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1  # 1: full convolution; 0: depthwise (one group per input channel)
+    pointwise: bool = False  # a 1x1 convolution after the spatial one, mixing channels across groups
 
 
 def _default_stages() -> list[ConvStage]:
@@ -56,17 +63,35 @@ class CNNConfig:
 
         plan = []
         hw = IMAGE_SIZE
+        in_channels = 1
+        rf = ReceptiveField()
         for i, stage in enumerate(self.stages):
             where = f"stage {i + 1}"
             if stage.channels < 1:
                 raise ConfigError(f"channels at {where} must be at least 1, got {stage.channels}")
             check_pair(stage.pool, name="pool", where=where)
             channels = scale_channels(stage.channels, self.width_mult, where=where)
-            out_hw = conv_output_size(hw, kernel_size=stage.kernel_size, stride=stage.stride, where=where)
+            # Without a pointwise layer the grouped convolution itself produces the stage's channels.
+            spatial_out = in_channels if stage.pointwise and stage.groups != 1 else channels
+            if stage.groups == 0 and not stage.pointwise and channels % in_channels:
+                raise ConfigError(
+                    f"a depthwise convolution at {where} without pointwise mixing keeps its {in_channels} input "
+                    f"channels in groups, so {channels} channels must be a multiple of {in_channels}; "
+                    "turn pointwise on or pick a multiple"
+                )
+            groups = resolve_groups(stage.groups, in_channels, spatial_out, where=where)
+            out_hw = conv_output_size(
+                hw, kernel_size=stage.kernel_size, stride=stage.stride, dilation=stage.dilation, where=where
+            )
+            rf.conv(stage.kernel_size, stage.stride, stage.dilation)
             if tuple(stage.pool) != (1, 1):
                 out_hw = pool_output_size(out_hw, window=stage.pool, where=where)
-            plan.append({"stage": where, "in_hw": hw, "out_hw": out_hw, "channels": channels})
-            hw = out_hw
+                rf.pool(stage.pool)
+            plan.append(
+                {"stage": where, "in_hw": hw, "out_hw": out_hw, "channels": channels, "groups": groups,
+                 "spatial_channels": spatial_out, "rf": rf.value}
+            )
+            hw, in_channels = out_hw, channels
         return plan
 
 
@@ -91,9 +116,17 @@ class CNN(nn.Module):
         in_channels = 1
         for stage, shape in zip(config.stages, plan):
             out_channels = shape["channels"]
-            layers: list[nn.Module] = [
-                ConvBNAct(in_channels, out_channels, kernel_size=stage.kernel_size, stride=stage.stride)
-            ]
+            spatial = ConvBNAct(
+                in_channels,
+                shape["spatial_channels"],
+                kernel_size=stage.kernel_size,
+                stride=stage.stride,
+                dilation=stage.dilation,
+                groups=shape["groups"],
+            )
+            layers: list[nn.Module] = [spatial]
+            if stage.pointwise:
+                layers.append(ConvBNAct(shape["spatial_channels"], out_channels, kernel_size=(1, 1)))
             if se_reduction:
                 squeeze = max(1, out_channels // se_reduction)
                 layers.append(SqueezeExcite(out_channels, squeeze_channels=squeeze))

@@ -115,22 +115,78 @@ def check_pair(value: tuple[int, int], *, name: str, where: str, minimum: int = 
 
 
 def conv_output_size(
-    in_hw: tuple[int, int], *, kernel_size: tuple[int, int], stride: tuple[int, int], where: str
+    in_hw: tuple[int, int],
+    *,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    where: str,
+    dilation: tuple[int, int] = (1, 1),
 ) -> tuple[int, int]:
     """Return the output size of a same-padded convolution, or raise ConfigError naming ``where``."""
     check_pair(kernel_size, name="kernel", where=where)
     check_pair(stride, name="stride", where=where)
+    check_pair(dilation, name="dilation", where=where)
     height, width = in_hw
-    if kernel_size[0] > height or kernel_size[1] > width:
+    span = tuple(d * (k - 1) + 1 for k, d in zip(kernel_size, dilation))
+    if span[0] > height or span[1] > width:
+        spread = f" (spanning {span[0]}x{span[1]} with dilation {tuple(dilation)})" if tuple(dilation) != (1, 1) else ""
         raise ConfigError(
-            f"kernel {tuple(kernel_size)} at {where} is larger than its {height}x{width} input; "
-            "use a smaller kernel or fewer strides before it"
+            f"kernel {tuple(kernel_size)}{spread} at {where} is larger than its {height}x{width} input; "
+            "use a smaller kernel or dilation, or fewer strides and pools before it"
         )
 
     out = []
-    for size, k, s in zip(in_hw, kernel_size, stride):
-        out.append((size + 2 * (k // 2) - k) // s + 1)
+    for size, k, s, d in zip(in_hw, kernel_size, stride, dilation):
+        out.append((size + 2 * d * (k // 2) - (d * (k - 1) + 1)) // s + 1)
     return out[0], out[1]
+
+
+def resolve_groups(groups: int, in_channels: int, out_channels: int, *, where: str) -> int:
+    """Return the number of convolution groups; 0 means depthwise (one group per channel).
+
+    Raise ConfigError naming ``where`` when the groups do not divide both channel counts.
+    """
+    if groups < 0:
+        raise ConfigError(f"groups at {where} must be 0 (depthwise) or at least 1, got {groups}")
+    resolved = in_channels if groups == 0 else groups
+    if in_channels % resolved or out_channels % resolved:
+        raise ConfigError(
+            f"groups {groups} at {where} must divide both its {in_channels} input and {out_channels} output "
+            f"channels; use 1 (full convolution), 0 (depthwise) or a common divisor such as "
+            f"{math.gcd(in_channels, out_channels)}"
+        )
+    return resolved
+
+
+class ReceptiveField:
+    """Receptive field per axis (height, width) along a network's main path, in input pixels.
+
+    The theoretical field: it may exceed the 28x28 image, which then means the
+    stage sees all of it. Attention, dense layers and capsule routing mix every
+    position, so ``whole_image`` sets the field to at least the image size.
+    """
+
+    def __init__(self) -> None:
+        self.size = [1, 1]
+        self.jump = [1, 1]  # input pixels between neighbouring positions at this depth
+
+    def conv(self, kernel_size, stride=(1, 1), dilation=(1, 1)) -> "ReceptiveField":
+        for axis in range(2):
+            self.size[axis] += (kernel_size[axis] - 1) * dilation[axis] * self.jump[axis]
+            self.jump[axis] *= stride[axis]
+        return self
+
+    def pool(self, window) -> "ReceptiveField":
+        """A pooling window with stride equal to its size."""
+        return self.conv(window, window)
+
+    def whole_image(self) -> "ReceptiveField":
+        self.size = [max(s, full) for s, full in zip(self.size, IMAGE_SIZE)]
+        return self
+
+    @property
+    def value(self) -> tuple[int, int]:
+        return self.size[0], self.size[1]
 
 
 def pool_output_size(in_hw: tuple[int, int], *, window: tuple[int, int], where: str) -> tuple[int, int]:

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 
-def same_padding(kernel_size: tuple[int, int]) -> tuple[int, int]:
-    """Padding that keeps the spatial size at stride 1 for odd kernels."""
-    return kernel_size[0] // 2, kernel_size[1] // 2
+def same_padding(kernel_size: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+    """Padding that keeps the spatial size at stride 1 for odd kernels, at any dilation."""
+    return dilation[0] * (kernel_size[0] // 2), dilation[1] * (kernel_size[1] // 2)
 
 
 class ConvBNAct(nn.Sequential):
@@ -26,6 +26,7 @@ class ConvBNAct(nn.Sequential):
         *,
         kernel_size: tuple[int, int] = (3, 3),
         stride: tuple[int, int] = (1, 1),
+        dilation: tuple[int, int] = (1, 1),
         groups: int = 1,
         act: type[nn.Module] | None = nn.ReLU,
     ) -> None:
@@ -35,7 +36,8 @@ class ConvBNAct(nn.Sequential):
                 out_channels,
                 kernel_size=tuple(kernel_size),
                 stride=tuple(stride),
-                padding=same_padding(kernel_size),
+                padding=same_padding(kernel_size, dilation),
+                dilation=tuple(dilation),
                 groups=groups,
                 bias=False,
             ),
@@ -75,7 +77,8 @@ class InvertedResidual(nn.Module):
         kernel_size: tuple[int, int],
         stride: tuple[int, int],
         expand_ratio: int,
-        depthwise: bool = True,
+        dilation: tuple[int, int] = (1, 1),
+        groups: int | None = None,
         se_ratio: float = 0.0,
         act: type[nn.Module] = nn.ReLU6,
     ) -> None:
@@ -90,7 +93,8 @@ class InvertedResidual(nn.Module):
                 hidden,
                 kernel_size=kernel_size,
                 stride=stride,
-                groups=hidden if depthwise else 1,
+                dilation=dilation,
+                groups=hidden if groups is None else groups,  # None: depthwise
                 act=act,
             )
         )

@@ -17,8 +17,12 @@ from core.errors import ConfigError
 from core.models.config import (
     IMAGE_SIZE,
     NUM_CLASSES,
+    ReceptiveField,
+    check_pair,
     check_probability,
     conv_output_size,
+    pool_output_size,
+    resolve_groups,
     scale_channels,
 )
 from core.models.layers import ConvBNAct, InvertedResidual
@@ -31,7 +35,17 @@ class MobileStage:
     expand_ratio: int = 4
     kernel_size: tuple[int, int] = (3, 3)
     stride: tuple[int, int] = (1, 1)  # applied by the first block of the stage
-    depthwise: bool = True  # False: full convolution (groups=1) in place of depthwise
+    dilation: tuple[int, int] = (1, 1)
+    pool: tuple[int, int] = (1, 1)  # max-pool window (height, width) after the stage; (1, 1) is off
+    groups: int = 0  # of the spatial convolution: 0 is depthwise, 1 a full convolution, or any divisor
+
+
+def upgrade_mobile_settings(settings: dict) -> dict:
+    """Map the older ``depthwise`` stage flag (runs saved before ``groups``) onto ``groups``."""
+    for stage in settings.get("stages") or []:
+        if isinstance(stage, dict) and "depthwise" in stage and "groups" not in stage:
+            stage["groups"] = 0 if stage.pop("depthwise") else 1
+    return settings
 
 
 def _mobilenet_stages() -> list[MobileStage]:
@@ -73,7 +87,9 @@ class MobileNetV2Config:
 
         stem_channels = scale_channels(self.stem_channels, self.width_mult, where="the stem")
         hw = conv_output_size(IMAGE_SIZE, kernel_size=(3, 3), stride=self.stem_stride, where="the stem")
-        plan = [{"stage": "stem", "in_hw": IMAGE_SIZE, "out_hw": hw, "channels": stem_channels}]
+        rf = ReceptiveField().conv((3, 3), self.stem_stride)
+        plan = [{"stage": "stem", "in_hw": IMAGE_SIZE, "out_hw": hw, "channels": stem_channels, "rf": rf.value}]
+        in_channels = stem_channels
 
         for i, stage in enumerate(self.stages):
             where = f"stage {i + 1}"
@@ -83,14 +99,27 @@ class MobileNetV2Config:
                 raise ConfigError(f"num_blocks at {where} must be at least 1, got {stage.num_blocks}")
             if stage.expand_ratio < 1:
                 raise ConfigError(f"expand_ratio at {where} must be at least 1, got {stage.expand_ratio}")
+            check_pair(stage.pool, name="pool", where=where)
             channels = scale_channels(stage.channels, self.width_mult, where=where)
             in_hw = hw
+            block_groups = []
             for block in range(stage.num_blocks):
                 stride = stage.stride if block == 0 else (1, 1)
+                block_where = f"{where} block {block + 1}"
                 hw = conv_output_size(
-                    hw, kernel_size=stage.kernel_size, stride=stride, where=f"{where} block {block + 1}"
+                    hw, kernel_size=stage.kernel_size, stride=stride, dilation=stage.dilation, where=block_where
                 )
-            plan.append({"stage": where, "in_hw": in_hw, "out_hw": hw, "channels": channels})
+                rf.conv(stage.kernel_size, stride, stage.dilation)
+                hidden = in_channels * stage.expand_ratio
+                block_groups.append(resolve_groups(stage.groups, hidden, hidden, where=block_where))
+                in_channels = channels
+            if tuple(stage.pool) != (1, 1):
+                hw = pool_output_size(hw, window=stage.pool, where=where)
+                rf.pool(stage.pool)
+            plan.append(
+                {"stage": where, "in_hw": in_hw, "out_hw": hw, "channels": channels, "groups": block_groups,
+                 "rf": rf.value}
+            )
 
         if self.head_channels < 1:
             raise ConfigError(f"head_channels must be at least 1, got {self.head_channels}")
@@ -125,12 +154,15 @@ class MobileNetV2(nn.Module):
                         kernel_size=stage.kernel_size,
                         stride=stage.stride if block == 0 else (1, 1),
                         expand_ratio=stage.expand_ratio,
-                        depthwise=stage.depthwise,
+                        dilation=stage.dilation,
+                        groups=shape["groups"][block],
                         se_ratio=se_ratio,
                         act=act,
                     )
                 )
                 in_channels = shape["channels"]
+            if tuple(stage.pool) != (1, 1):
+                blocks.append(nn.MaxPool2d(kernel_size=tuple(stage.pool)))
         self.blocks = nn.Sequential(*blocks)
 
         head = scale_channels(config.head_channels, config.width_mult, where="the head")
