@@ -104,14 +104,35 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def cmd_archs(args: argparse.Namespace) -> int:
-    from core.models import ARCHITECTURES, build_model, count_parameters, default_model_config
+    from core.analysis import format_count, model_cost
+    from core.budget import fit_budget, parse_budget
+    from core.models import ARCHITECTURES, default_model_config
 
+    budget = parse_budget(args.budget) if args.budget is not None else None
     rows = []
     for name, spec in ARCHITECTURES.items():
-        params = count_parameters(build_model(default_model_config(name)))
-        rows.append({"name": name, "title": spec.title, "params": params, "description": spec.description, "paper": spec.paper})
-    text = "\n".join(f"{r['name']:<14} {r['params']:>8,} params  {r['description']}" for r in rows)
-    _print(args, rows, text)
+        config = default_model_config(name)
+        row: dict[str, Any] = {"name": name, "title": spec.title}
+        if budget is not None:
+            fit = fit_budget(config, budget)
+            config = fit.config
+            row.update({"budget": budget, "within_budget": fit.within, "budget_error": round(fit.error, 4),
+                        "width_mult": config["width_mult"]})
+            if not fit.within:
+                row["note"] = fit.describe()
+        cost = model_cost(config)
+        row.update(cost.summary())
+        row.update({"description": spec.description, "paper": spec.paper, "model_config": config})
+        rows.append(row)
+
+    lines = [f"{'name':<14} {'params':>8} {'FLOPs':>7}  {'RF (h x w)':<10}  description"]
+    for r in rows:
+        flag = "" if r.get("within_budget", True) else "  [off budget: " + r["note"] + "]"
+        field = "x".join(map(str, r["receptive_field"]))
+        lines.append(f"{r['name']:<14} {r['params']:>8,} {format_count(r['flops']):>7}  {field:<10}  {r['description']}{flag}")
+    if budget is not None:
+        lines.insert(0, f"fitted to a budget of {budget:,} parameters (within 3%); FLOPs are multiply-adds per image")
+    _print(args, rows, "\n".join(lines))
     return 0
 
 
@@ -198,10 +219,12 @@ def _create_run(args: argparse.Namespace) -> tuple[Any, int]:
     model_config = default_model_config(args.arch)
     train_config: dict[str, Any] = {}
     for option, key in (("epochs", "epochs"), ("device", "device"), ("seed", "seed"), ("train_subset", "train_subset"),
-                        ("lr", "lr"), ("batch_size", "batch_size")):
+                        ("lr", "lr"), ("batch_size", "batch_size"), ("augment", "augment"), ("elastic", "elastic")):
         if getattr(args, option) is not None:
             train_config[key] = getattr(args, option)
     apply_overrides(model_config, train_config, args.set or [])
+    if args.budget is not None:
+        model_config = _fit_to_budget(model_config, args)
     model_config, parsed = prepare_run(model_config, train_config)  # reject bad configs before creating a run
     train_config = config_to_dict(parsed)
     load_raw(args.data_dir)  # missing or broken MNIST fails here, before a run is stored
@@ -211,8 +234,22 @@ def _create_run(args: argparse.Namespace) -> tuple[Any, int]:
     return store, run_id
 
 
+def _fit_to_budget(model_config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Fit the width of ``model_config`` (after any --set) to --budget, or fail naming the nearest count."""
+    from core.budget import fit_budget
+
+    if any(item.split("=", 1)[0].strip() == "width_mult" for item in args.set or []):
+        raise LabError("--budget chooses width_mult itself; drop --set width_mult=... or drop --budget")
+    fit = fit_budget(model_config, args.budget)
+    if not fit.within:
+        raise LabError(fit.describe())
+    log.info("%s", fit.describe())
+    return fit.config
+
+
 # Options that set a config; a resumed run keeps the config it was started with.
-RESUME_CONFLICTS = ("arch", "epochs", "device", "seed", "lr", "batch_size", "train_subset", "name", "set")
+RESUME_CONFLICTS = ("arch", "epochs", "device", "seed", "lr", "batch_size", "train_subset", "name", "set", "budget",
+                    "augment", "elastic")
 
 
 def _resume_run(args: argparse.Namespace) -> tuple[Any, int]:
@@ -359,14 +396,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("archs", parents=[common], help="list architectures and their default parameter counts")
-    p.add_argument("--json", action="store_true", help="print JSON: a list of {name, params, ...}")
+    p = sub.add_parser("archs", parents=[common], help="list architectures with parameters, FLOPs and receptive field")
+    p.add_argument("--budget", default=None, metavar="PARAMS",
+                   help="fit every architecture's width to this parameter count first: 8k, 68k, 210k or any number")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON: a list of {name, params, flops, receptive_field, model_config, ...}")
     p.set_defaults(func=cmd_archs)
 
     p = sub.add_parser("train", parents=[common], help="train a model in the foreground and store the run",
                        epilog="examples:\n  python -m core train --arch cnn --epochs 3\n"
                               "  python -m core train --arch cnn --set stages.*.kernel_size=[1,7]\n"
-                              "  python -m core train --arch mobilenetv2 --set stages.1.depthwise=false --set lr=0.01\n"
+                              "  python -m core train --arch mobilenetv2 --set stages.1.groups=1 --set lr=0.01\n"
+                              "  python -m core train --arch vit --budget 68k --augment\n"
                               "  python -m core train --resume 12",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=list(ARCHITECTURES), help="architecture to train (required unless --resume)")
@@ -380,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-subset", type=int, default=None, help="train on the first N of the 55,000 training images")
     p.add_argument("--name", default=None, help="run name shown in the app (default ARCH-ID)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model or training setting; repeatable")
+    p.add_argument("--budget", default=None, metavar="PARAMS",
+                   help="fit the model's width to this parameter count (8k, 68k, 210k or any number), within 3%%")
+    p.add_argument("--augment", action="store_true", default=None,
+                   help="random affine augmentation per batch (rotation, shift, scale, shear; tune with --set rotate_deg=...)")
+    p.add_argument("--elastic", action="store_true", default=None, help="add elastic distortion to --augment")
     p.add_argument("--export", default=None, metavar="PATH", help="also write the weights to PATH (.safetensors, with a .json beside it)")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     p.add_argument("--json", action="store_true", help="print one JSON object with run_id, arch, params, test_accuracy, wall_time_s")

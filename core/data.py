@@ -188,10 +188,19 @@ class MNISTData:
         return self.train_images.device
 
 
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """Turn uint8 images (B, 28, 28) into float32 (B, 1, 28, 28) in [0, 1]."""
+    return images.unsqueeze(1).to(torch.float32).div_(255.0)
+
+
+def standardize(x: torch.Tensor) -> torch.Tensor:
+    """Shift float images in [0, 1] to the training set's zero mean and unit deviation, in place."""
+    return x.sub_(MEAN).div_(STD)
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """Turn uint8 images (B, 28, 28) into float32 (B, 1, 28, 28) normalised like training."""
-    x = images.unsqueeze(1).to(torch.float32).div_(255.0)
-    return x.sub_(MEAN).div_(STD)
+    return standardize(to_unit(images))
 
 
 def load_mnist(

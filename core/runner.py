@@ -53,7 +53,10 @@ class StoreCallbacks(Callbacks):
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.total_steps = max(1, info["total_steps"])
-        self.store.record_start(self.run_id, params=info["params"], device=info["device"], total_steps=info["total_steps"])
+        self.store.record_start(
+            self.run_id, params=info["params"], device=info["device"], total_steps=info["total_steps"],
+            flops=info.get("flops"), receptive_field=info.get("receptive_field"),
+        )
         if self.on_progress:
             self.on_progress({"event": "start", **info})
 
@@ -106,6 +109,8 @@ def execute_run(
             "name": run["name"],
             "train_config": result.train_config,
             "params": result.params,
+            "flops": result.flops,
+            "receptive_field": list(result.receptive_field),
             "device": result.device,
             "epochs_completed": result.epochs_completed,
             "best_epoch": result.best_epoch,

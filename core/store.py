@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS runs (
     model_config TEXT NOT NULL,
     train_config TEXT NOT NULL,
     params INTEGER,
+    flops INTEGER,
+    receptive_field TEXT,
     device TEXT,
     status TEXT NOT NULL,
     source TEXT NOT NULL DEFAULT 'app',
@@ -84,6 +86,9 @@ CREATE TABLE IF NOT EXISTS epoch_metrics (
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 """
+
+# Columns added after the first release; stores created before them get them on open.
+ADDED_RUN_COLUMNS = {"flops": "INTEGER", "receptive_field": "TEXT"}
 
 EPOCH_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "epoch_time_s", "wall_time_s")
 
@@ -193,6 +198,10 @@ class RunStore:
             self.root.mkdir(parents=True, exist_ok=True)
             with self.connect() as conn:
                 conn.executescript(SCHEMA)
+                existing = {row["name"] for row in conn.execute("PRAGMA table_info(runs)")}
+                for column, kind in ADDED_RUN_COLUMNS.items():
+                    if column not in existing:
+                        conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
         except (OSError, sqlite3.Error) as error:
             raise StoreError(f"cannot open the run store at {self.root}: {error}; check that the folder is writable") from error
 
@@ -276,11 +285,22 @@ class RunStore:
         with self.connect() as conn:
             conn.execute("UPDATE runs SET pid = ?, heartbeat_at = ? WHERE id = ?", (pid, time.time(), run_id))
 
-    def record_start(self, run_id: int, *, params: int, device: str, total_steps: int) -> None:
+    def record_start(
+        self,
+        run_id: int,
+        *,
+        params: int,
+        device: str,
+        total_steps: int,
+        flops: int | None = None,
+        receptive_field: tuple[int, int] | None = None,
+    ) -> None:
+        field = json.dumps(list(receptive_field)) if receptive_field is not None else None
         with self.connect() as conn:
             conn.execute(
-                "UPDATE runs SET params = ?, device = ?, total_steps = ?, heartbeat_at = ? WHERE id = ?",
-                (params, device, total_steps, time.time(), run_id),
+                "UPDATE runs SET params = ?, device = ?, total_steps = ?, flops = ?, receptive_field = ?, heartbeat_at = ?"
+                " WHERE id = ?",
+                (params, device, total_steps, flops, field, time.time(), run_id),
             )
 
     def add_step_points(self, run_id: int, points: list[dict[str, Any]], *, progress: float) -> None:
@@ -463,7 +483,7 @@ class RunStore:
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:
     run = dict(row)
-    for key in ("model_config", "train_config", "confusion"):
+    for key in ("model_config", "train_config", "confusion", "receptive_field"):
         if run.get(key):
             run[key] = json.loads(run[key])
     return run

@@ -16,7 +16,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from core.data import VAL_SIZE, MNISTData, load_mnist, normalize
+from core.analysis import model_cost
+from core.augment import AugmentSettings, augment_batch
+from core.data import VAL_SIZE, MNISTData, load_mnist, normalize, standardize, to_unit
 from core.devices import autocast_for, resolve_device
 from core.errors import ConfigError, LabError
 from core.models import build_model, check_model_size, count_parameters, normalize_model_config
@@ -50,6 +52,23 @@ class TrainConfig:
     early_stopping_patience: int = 0  # epochs without a new best val_accuracy; 0 turns it off
     device: str = "auto"
     train_subset: int | None = None  # first N images of the 55,000 training split
+    augment: bool = False  # random affine transform of every training image, per batch on the device
+    rotate_deg: float = 10.0
+    translate: float = 0.1  # fraction of the image size per axis
+    scale: float = 0.1
+    shear_deg: float = 5.0
+    elastic: bool = False  # elastic distortion on top of the affine transform (needs augment)
+    elastic_alpha: float = 2.0  # largest displacement, in pixels
+    elastic_sigma: float = 4.0  # smoothing of the displacement field, in pixels
+
+    def augment_settings(self) -> AugmentSettings | None:
+        return self._augment_fields() if self.augment else None
+
+    def _augment_fields(self) -> AugmentSettings:
+        return AugmentSettings(
+            rotate_deg=self.rotate_deg, translate=self.translate, scale=self.scale, shear_deg=self.shear_deg,
+            elastic=self.elastic, elastic_alpha=self.elastic_alpha, elastic_sigma=self.elastic_sigma,
+        )
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -74,6 +93,9 @@ class TrainConfig:
             raise ConfigError(f"early_stopping_patience must be 0 (off) or more, got {self.early_stopping_patience}")
         if self.train_subset is not None and not 1 <= self.train_subset <= TRAIN_SIZE:
             raise ConfigError(f"train_subset must be between 1 and {TRAIN_SIZE:,}, got {self.train_subset}")
+        if self.elastic and not self.augment:
+            raise ConfigError("elastic distortion is applied with the affine augmentation; turn augment on too")
+        self._augment_fields().validate()
         train_size = self.train_subset or TRAIN_SIZE
         if self.batch_size > train_size:
             raise ConfigError(
@@ -170,6 +192,8 @@ class TrainResult:
     model_config: dict[str, Any]
     train_config: dict[str, Any]
     params: int
+    flops: int  # multiply-adds per image, from core.analysis
+    receptive_field: tuple[int, int]  # of the last stage, (height, width) in pixels
     device: str
     epochs_completed: int
     best_epoch: int
@@ -226,6 +250,7 @@ def train(
     callbacks = callbacks or Callbacks()
     model_config, config = prepare_run(model_config, train_config)
     device = resolve_device(config.device)
+    cost = model_cost(model_config)
     started = time.perf_counter()
 
     torch.manual_seed(config.seed)
@@ -246,6 +271,7 @@ def train(
     optimizer = _make_optimizer(model, config)
     scheduler = _make_scheduler(optimizer, config, total_steps)
     generator = torch.Generator().manual_seed(config.seed)
+    augment = config.augment_settings()
 
     best_val, best_epoch, best_state, stale_epochs = -1.0, 0, None, 0
     step = 0
@@ -260,7 +286,8 @@ def train(
         started -= resume["elapsed_s"]  # wall time counts the time trained before the interruption
 
     callbacks.on_start(
-        {"params": params, "device": str(device), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+        {"params": params, "flops": cost.flops, "receptive_field": cost.receptive_field, "device": str(device),
+         "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
          "train_size": n_train, "resumed_after_epoch": epochs_completed if resume is not None else None}
     )
     if resume is not None:
@@ -282,7 +309,10 @@ def train(
 
         for batch in range(steps_per_epoch):
             index = order[batch * config.batch_size : (batch + 1) * config.batch_size]
-            x = normalize(data.train_images[index])
+            x = to_unit(data.train_images[index])
+            if augment is not None:
+                x = augment_batch(x, augment)
+            x = standardize(x)
             y = data.train_labels[index]
             with autocast_for(device):
                 loss, logits = loss_and_scores(model, x, y, label_smoothing=config.label_smoothing)
@@ -374,6 +404,8 @@ def train(
         model_config=model_config,
         train_config=config_to_dict(config),
         params=params,
+        flops=cost.flops,
+        receptive_field=cost.receptive_field,
         device=str(device),
         epochs_completed=epochs_completed,
         best_epoch=best_epoch,
