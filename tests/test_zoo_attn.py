@@ -139,6 +139,16 @@ def test_vit_width_mult_keeps_heads_and_grows():
     assert len(set(counts)) == len(counts)
 
 
+def test_vit_width_mult_steps_are_small():
+    counts = []
+    for hundredths in range(80, 121):
+        counts.append(count_parameters(build_model(config_of("vit", width_mult=hundredths / 100))))
+
+    for smaller, larger in zip(counts, counts[1:]):
+        assert smaller <= larger
+        assert larger / smaller - 1 < 0.04, "a 0.01 change of width_mult should change the count by a few percent"
+
+
 def test_attention_flops_match_formula():
     batch, tokens, dim, heads = 2, 50, 48, 4
     attention = Attention(dim=dim, heads=heads)

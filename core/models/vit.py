@@ -34,7 +34,7 @@ class ViTConfig:
     dim: int = 48  # token width before width_mult
     depth: int = 3  # transformer blocks
     heads: int = 4
-    mlp_ratio: float = 2.5  # MLP hidden width = dim x mlp_ratio
+    mlp_ratio: float = 2.5  # MLP hidden width = dim x mlp_ratio (see mlp_hidden under width_mult)
     pooling: str = "cls"  # "cls": a learned class token; "mean": average of the patch tokens
     width_mult: float = 1.0
     dropout: float = 0.0
@@ -87,12 +87,18 @@ class ViTConfig:
         return max(self.heads, round(scaled / self.heads) * self.heads)
 
     def mlp_hidden(self) -> int:
-        """Return the MLP hidden width: the unrounded scaled dim times mlp_ratio.
+        """Return the MLP hidden width, which absorbs the rounding of dim to a multiple of heads.
 
-        It follows ``width_mult`` in steps of one unit, so the parameter count also
-        grows between the coarser steps of the attention width (multiples of heads).
+        A block has 4 d^2 + 8 d weights outside its MLP and (2 d + 1) h + d in it.
+        The hidden width h is chosen so that a block with the rounded dim d has as many
+        weights as one with the unrounded width w = dim * width_mult and h = w * mlp_ratio.
+        So the parameter count follows width_mult smoothly instead of jumping at each
+        multiple of heads. At a width_mult that needs no rounding, h is dim * mlp_ratio.
         """
-        return max(1, round(self.dim * self.width_mult * self.mlp_ratio))
+        width = self.dim * self.width_mult
+        dim = self.scaled_dim()
+        target = 4 * width**2 + 9 * width + (2 * width + 1) * width * self.mlp_ratio
+        return max(1, round((target - 4 * dim**2 - 9 * dim) / (2 * dim + 1)))
 
 
 class PatchEmbedding(nn.Module):
