@@ -46,7 +46,7 @@ form_error = None
 if spec.has_stages:
     st.markdown("**Stages**: kernel (height x width), stride per axis" + (", depthwise or full convolution" if spec.has_depthwise else ", max-pool window"))
     model_config["stages"] = stage_editor(spec, defaults["stages"])
-else:
+elif "hidden_sizes" in defaults:
     sizes = st.text_input("Hidden layer sizes", ", ".join(map(str, defaults["hidden_sizes"])), key="hidden_sizes", help="comma-separated units per layer")
     parts = [part.strip() for part in sizes.split(",") if part.strip()]
     invalid = [part for part in parts if not part.lstrip("-").isdigit()]

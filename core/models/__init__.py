@@ -14,10 +14,12 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
+from core.models.capsnet import CapsNet, CapsNetConfig
 from core.models.cnn import CNN, CNNConfig, SECNNConfig
 from core.models.config import config_from_dict, config_to_dict
 from core.models.dense import DenseConfig, DenseNet
 from core.models.mobile import EfficientNetConfig, MobileNetV2, MobileNetV2Config, upgrade_mobile_settings
+from core.models.vit import ViT, ViTConfig
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,26 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             has_stages=True,
             has_depthwise=True,
             upgrade=upgrade_mobile_settings,
+        ),
+        ArchSpec(
+            "vit",
+            "Vision Transformer",
+            "Patch embedding, learned positions, pre-norm transformer blocks, class token or mean pooling.",
+            "Dosovitskiy et al. 2021, An Image is Worth 16x16 Words (arXiv:2010.11929)",
+            ViTConfig,
+            ViT,
+            has_stages=False,
+            has_depthwise=False,
+        ),
+        ArchSpec(
+            "capsnet",
+            "CapsNet",
+            "Convolutions, primary capsules and digit capsules joined by dynamic routing; margin loss.",
+            "Sabour, Frosst and Hinton 2017, Dynamic Routing Between Capsules (arXiv:1710.09829)",
+            CapsNetConfig,
+            CapsNet,
+            has_stages=False,
+            has_depthwise=False,
         ),
     ]
 }
