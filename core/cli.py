@@ -210,14 +210,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _create_run(args: argparse.Namespace) -> tuple[Any, int]:
     """Validate the requested config, then store it as a run marked running in this process."""
     from core.data import load_raw
-    from core.models import default_model_config
+    from core.models import default_model_config, default_train_settings
     from core.models.config import config_to_dict
     from core.training import prepare_run
 
     if args.arch is None:
         raise LabError("train needs --arch ARCH for a new run, or --resume RUN to continue a stopped one")
     model_config = default_model_config(args.arch)
-    train_config: dict[str, Any] = {}
+    train_config: dict[str, Any] = default_train_settings(args.arch)  # the architecture's recipe, then the options
     for option, key in (("epochs", "epochs"), ("device", "device"), ("seed", "seed"), ("train_subset", "train_subset"),
                         ("lr", "lr"), ("batch_size", "batch_size"), ("augment", "augment"), ("elastic", "elastic")):
         if getattr(args, option) is not None:

@@ -7,7 +7,7 @@ stored as JSON with a run and rebuilt exactly with ``build_model``.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -15,7 +15,7 @@ from torch import nn
 
 from core.errors import ConfigError
 from core.models.capsnet import CapsNet, CapsNetConfig
-from core.models.cnn import CNN, CNNConfig, SECNNConfig
+from core.models.cnn import CNN, BestCNNConfig, CNNConfig, SECNNConfig
 from core.models.config import config_from_dict, config_to_dict
 from core.models.dense import DenseConfig, DenseNet
 from core.models.mobile import EfficientNetConfig, MobileNetV2, MobileNetV2Config, upgrade_mobile_settings
@@ -33,6 +33,8 @@ class ArchSpec:
     has_stages: bool  # per-stage kernel_size and stride can be edited
     has_depthwise: bool  # stages offer depthwise or full spatial convolution
     upgrade: Callable[[dict], dict] | None = None  # maps settings saved by older versions onto the current ones
+    # Training settings this architecture is meant to be trained with; the CLI and the app start from them.
+    recipe: dict[str, Any] = field(default_factory=dict)
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -110,8 +112,24 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             has_stages=False,
             has_depthwise=False,
         ),
+        ArchSpec(
+            "cnn_best",
+            "CNN, best-accuracy preset",
+            "Five conv-BatchNorm-ReLU stages (two per resolution), dropout 0.25, trained 15 epochs with augmentation.",
+            "Simard et al. 2003, Best practices for CNNs applied to visual document analysis (ICDAR)",
+            BestCNNConfig,
+            CNN,
+            has_stages=True,
+            has_depthwise=False,
+            recipe={"epochs": 15, "augment": True},
+        ),
     ]
 }
+
+
+def default_train_settings(name: str) -> dict[str, Any]:
+    """Training settings that differ from TrainConfig's defaults for architecture ``name``."""
+    return dict(get_arch(name).recipe)
 
 
 def get_arch(name: str) -> ArchSpec:
