@@ -24,7 +24,7 @@ def with_first_stage(arch: str, **settings) -> dict:
 
 
 def with_first_stage_fitting(arch: str, **settings) -> dict:
-    """The first stage changed as ``settings`` says; later ConvNeXt stages get 3x3 kernels.
+    """Return the default config with ``settings`` in stage 1 and, for ConvNeXt, 3x3 kernels after it.
 
     A stride or pool in stage 1 leaves ConvNeXt's later stages a 3-pixel-wide input,
     which its default 7x7 kernels do not fit.

@@ -9,7 +9,7 @@ expansion by ``expand_ratio`` (4 in the paper), GELU, global response
 normalisation (GRN), a 1x1 projection and a residual connection. A downsampling
 layer (LayerNorm, then a conv whose kernel equals its stride) comes before every
 stage whose ``stride`` is not (1, 1) or whose channels differ from the previous
-stage, so a stage's stride acts there and not in its blocks.
+stage. A stage's stride therefore acts in that layer and not in its blocks.
 """
 
 from __future__ import annotations

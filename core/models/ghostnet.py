@@ -11,8 +11,8 @@ it is strided, optionally squeeze-excitation, projects with a second ghost modul
 without activation and adds a shortcut.
 
 Every spatial conv of a stage (the cheap convs and the strided conv) uses the
-stage's ``kernel_size``, ``dilation`` and ``groups``; the paper's cheap kernel is
-3x3, the default here. The receptive field in the plan counts the cheap convs,
+stage's ``kernel_size``, ``dilation`` and ``groups``. The default kernel is 3x3,
+the size the paper uses for the cheap convs. The receptive field in the plan counts the cheap convs,
 because half of each module's output passes through them.
 """
 

@@ -3,9 +3,9 @@
 Ma et al. 2018, "ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture
 Design" (arXiv:1807.11164), scaled down to MNIST size.
 
-A basic unit splits its channels in half, passes one half through a 1x1 conv, a
-depthwise kxk conv and another 1x1 conv, concatenates the result with the other
-half and shuffles the channels so that the halves mix in the next unit. A
+A basic unit splits its channels in half and passes one half through a 1x1 conv,
+a depthwise kxk conv and another 1x1 conv. It concatenates the result with the
+other half and shuffles the channels, so that the halves mix in the next unit. A
 downsampling unit (the first unit of a stage whose stride is not (1, 1) or whose
 channels differ from its input) sends the whole input through two branches and
 concatenates them, so the output has the stage's channels.
@@ -116,7 +116,7 @@ class ShuffleNetV2Config:
 
 
 def is_downsampling(in_channels: int, out_channels: int, stride: tuple[int, int]) -> bool:
-    """Whether a unit needs two branches: it changes the spatial size or the channel count."""
+    """Return True when a unit needs two branches, because it changes the spatial size or the channel count."""
     return tuple(stride) != (1, 1) or in_channels != out_channels
 
 
@@ -162,9 +162,9 @@ class ShuffleUnit(nn.Module):
         self.branch = _branch(half, half, kernel_size=kernel_size, stride=(1, 1), dilation=dilation, groups=groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kept, active = x.chunk(2, dim=1)
+        identity, active = x.chunk(2, dim=1)
         active = active.contiguous()  # oneDNN convs on a channel slice ran about 3x slower in backward
-        return channel_shuffle(torch.cat([kept, self.branch(active)], dim=1), 2)
+        return channel_shuffle(torch.cat([identity, self.branch(active)], dim=1), 2)
 
 
 class ShuffleDownUnit(nn.Module):
