@@ -99,17 +99,18 @@ def _layers(model: nn.Module, flops: dict[str, int], shapes: dict) -> list[Layer
     order = {name: index for index, name in enumerate(shapes)}
     rows = []
     for name, module in model.named_modules():
-        if name == "":
-            continue
         own_params = sum(p.numel() for p in module.parameters(recurse=False))
         children = [f"{name}.{child}" for child, _ in module.named_children()]
         own_flops = flops.get(name, 0) - sum(flops.get(child, 0) for child in children)
+        if name == "" and children:
+            children = [child for child, _ in module.named_children()]
+            own_flops = flops.get("", 0) - sum(flops.get(child, 0) for child in children)
         is_leaf = not children
         if not (own_params or own_flops > 0 or (is_leaf and name in shapes)):
             continue
         rows.append(
             LayerCost(
-                name=name,
+                name=name or "(top level)",  # tensors owned by the model itself, such as ViT's position embedding
                 type=type(module).__name__,
                 kernel=_pair(getattr(module, "kernel_size", None)),
                 stride=_pair(getattr(module, "stride", None)),

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from core.models import ARCHITECTURES
 from PIL import Image
 
 from core.cli import build_parser
@@ -98,9 +100,10 @@ def test_help_for_command(help_results, command):
 def test_archs_json(store):
     rows = parse_json(cli("archs", "--json", store=store))
 
-    assert [r["name"] for r in rows] == ["dense", "cnn", "se_cnn", "mobilenetv2", "efficientnet"]
+    assert [r["name"] for r in rows] == list(ARCHITECTURES)
     assert {r["name"]: r["params"] for r in rows}["dense"] == 67_978
     assert all(60_000 <= r["params"] <= 75_000 for r in rows)
+    assert all(r["flops"] > 0 and len(r["receptive_field"]) == 2 for r in rows)
 
 
 @pytest.mark.slow

@@ -43,8 +43,10 @@ def conv_kernel_shapes(model: torch.nn.Module) -> set[tuple[int, int]]:
 
 
 def test_registry_has_core_archs():
-    for arch in ("dense", "cnn", "se_cnn", "mobilenetv2", "efficientnet", "vit", "capsnet"):
-        assert arch in ALL_ARCHS
+    assert ALL_ARCHS == [
+        "dense", "cnn", "se_cnn", "mobilenetv2", "efficientnet",
+        "shufflenetv2", "ghostnet", "convnext", "vit", "capsnet", "cnn_best",
+    ]
 
 
 @pytest.mark.parametrize("arch", ALL_ARCHS)

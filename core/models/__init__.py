@@ -17,8 +17,11 @@ from core.errors import ConfigError
 from core.models.capsnet import CapsNet, CapsNetConfig
 from core.models.cnn import CNN, BestCNNConfig, CNNConfig, SECNNConfig
 from core.models.config import config_from_dict, config_to_dict
+from core.models.convnext import ConvNeXtConfig, ConvNeXtV2
 from core.models.dense import DenseConfig, DenseNet
+from core.models.ghostnet import GhostNet, GhostNetConfig
 from core.models.mobile import EfficientNetConfig, MobileNetV2, MobileNetV2Config, upgrade_mobile_settings
+from core.models.shufflenet import ShuffleNetV2, ShuffleNetV2Config
 from core.models.vit import ViT, ViTConfig
 
 
@@ -88,6 +91,39 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             "Tan and Le 2019, EfficientNet (arXiv:1905.11946)",
             EfficientNetConfig,
             MobileNetV2,
+            has_stages=True,
+            has_depthwise=True,
+            upgrade=upgrade_mobile_settings,
+        ),
+        ArchSpec(
+            "shufflenetv2",
+            "ShuffleNetV2",
+            "Channel split, a 1x1-depthwise-1x1 branch on one half, concatenation and channel shuffle.",
+            "Ma et al. 2018, ShuffleNet V2 (arXiv:1807.11164)",
+            ShuffleNetV2Config,
+            ShuffleNetV2,
+            has_stages=True,
+            has_depthwise=True,
+            upgrade=upgrade_mobile_settings,
+        ),
+        ArchSpec(
+            "ghostnet",
+            "GhostNet",
+            "Ghost bottlenecks: a 1x1 conv makes half the channels, a cheap depthwise conv the other half.",
+            "Han et al. 2020, GhostNet (arXiv:1911.11907)",
+            GhostNetConfig,
+            GhostNet,
+            has_stages=True,
+            has_depthwise=True,
+            upgrade=upgrade_mobile_settings,
+        ),
+        ArchSpec(
+            "convnext",
+            "ConvNeXt V2",
+            "Depthwise 7x7 conv, LayerNorm, 4x pointwise MLP with GELU and GRN, residual; patchify stem.",
+            "Woo et al. 2023, ConvNeXt V2 (arXiv:2301.00808)",
+            ConvNeXtConfig,
+            ConvNeXtV2,
             has_stages=True,
             has_depthwise=True,
             upgrade=upgrade_mobile_settings,

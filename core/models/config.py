@@ -206,3 +206,25 @@ def pool_output_size(in_hw: tuple[int, int], *, window: tuple[int, int], where: 
 def check_probability(value: float, *, name: str) -> None:
     if not 0.0 <= value < 1.0:
         raise ConfigError(f"{name} must be in [0, 1), got {value}")
+
+
+def check_stage_counts(stage: Any, *, where: str) -> None:
+    """Reject a stage with no channels or blocks, or a malformed pool window, naming ``where``."""
+    if stage.channels < 1:
+        raise ConfigError(f"channels at {where} must be at least 1, got {stage.channels}")
+    if stage.num_blocks < 1:
+        raise ConfigError(f"num_blocks at {where} must be at least 1, got {stage.num_blocks}")
+    check_pair(stage.pool, name="pool", where=where)
+
+
+def strided_patch_size(in_hw: tuple[int, int], *, stride: tuple[int, int], where: str) -> tuple[int, int]:
+    """Return the output size of an unpadded convolution whose kernel equals its stride (a patchify layer)."""
+    check_pair(stride, name="stride", where=where)
+    height, width = in_hw
+    out_h, out_w = height // stride[0], width // stride[1]
+    if out_h < 1 or out_w < 1:
+        raise ConfigError(
+            f"stride {tuple(stride)} at {where} shrinks its {height}x{width} input to {out_h}x{out_w}; "
+            "use a smaller stride there or fewer strides and pools before it"
+        )
+    return out_h, out_w
