@@ -1,4 +1,4 @@
-"""What a model costs and sees: parameters, FLOPs per layer, output shapes and receptive field.
+"""What a model costs and which pixels each stage reads: parameters, FLOPs per layer, output shapes and receptive field.
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one
 28x28 image, on the meta device, so no weights are allocated and nothing is
@@ -88,14 +88,18 @@ def _count(model: nn.Module) -> tuple[dict[str, int], dict[str, tuple[int, ...] 
     for key, by_op in counter.get_flop_counts().items():
         if key == "Global":
             continue
-        name = key[len(root) + 1 :] if key.startswith(root + ".") else ("" if key == root else None)
-        if name is not None:
-            totals[name] = sum(by_op.values()) // MACS_PER_FLOP_COUNT
+        if key == root:
+            name = ""
+        elif key.startswith(root + "."):
+            name = key[len(root) + 1 :]
+        else:
+            continue
+        totals[name] = sum(by_op.values()) // MACS_PER_FLOP_COUNT
     return totals, shapes
 
 
 def _layers(model: nn.Module, flops: dict[str, int], shapes: dict) -> list[LayerCost]:
-    """One row per module that owns parameters or does counted work itself, in execution order."""
+    """Return one row per module that owns parameters or does counted work itself, in execution order."""
     order = {name: index for index, name in enumerate(shapes)}
     rows = []
     for name, module in model.named_modules():

@@ -87,9 +87,9 @@ def fit_budget(model_config: dict[str, Any], budget: int | str) -> BudgetFit:
 
     A config already within TOLERANCE of the budget is returned unchanged.
 
-    The result may miss the budget by more than TOLERANCE (``fit.within`` is
-    false) when the rest of the config makes it unreachable; ``fit.describe()``
-    then names the nearest reachable count.
+    When the rest of the config makes the budget unreachable, the result misses
+    it by more than TOLERANCE (``fit.within`` is false), and ``fit.describe()``
+    names the nearest reachable count.
     """
     budget = parse_budget(budget)
     config = normalize_model_config(copy.deepcopy(model_config))
@@ -165,7 +165,7 @@ def _with(config: dict[str, Any], path: tuple, new: Any) -> dict[str, Any]:
 
 
 def _next_count(config: dict[str, Any], path: tuple, direction: int, params: int) -> tuple[dict[str, Any], int] | None:
-    """The nearest change of one knob, in ``direction``, that changes the parameter count."""
+    """Return the nearest change of one knob, in ``direction``, that changes the parameter count."""
     base = _get(config, path)
     # One rounding step of the scaled count (up to 4 channels) may take 4 / width_mult base steps.
     for step in range(1, math.ceil(8 / config["width_mult"]) + 2):
@@ -180,7 +180,7 @@ def _next_count(config: dict[str, Any], path: tuple, direction: int, params: int
 
 
 def _moves(fit: BudgetFit) -> list[BudgetFit]:
-    """Every config one knob step away from ``fit``, with its parameter count."""
+    """Return every config one knob step away from ``fit``, with its parameter count."""
     moves = []
     for path in _knobs(fit.config):
         for direction in (-1, 1):

@@ -366,6 +366,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_results(args: argparse.Namespace) -> int:
+    from core.results import write_results
+
+    path = write_results(args.checkpoints, args.output)
+    print(f"wrote the results of {args.checkpoints} into {path}")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from core.worker import worker_main
 
@@ -455,6 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="output path (.safetensors; a .json with the same name is written beside it)")
     p.add_argument("--command-line", default=None, help="the training command to record in the file")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("results", parents=[common], help="write the shipped checkpoints' results table into docs/results.md")
+    p.add_argument("--checkpoints", default="checkpoints", help="folder of .safetensors files with .json records (default checkpoints)")
+    p.add_argument("--output", default="docs/results.md", help="Markdown file whose results section is replaced (default docs/results.md)")
+    p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("worker", parents=[common], help="run the background worker in the foreground (the app starts one itself)")
     p.set_defaults(func=cmd_worker)
