@@ -323,3 +323,36 @@ def test_huge_config_rejected_without_allocating():
 
     with pytest.raises(ConfigError, match=f"limit of {MAX_PARAMETERS:,}"):
         build_model(config)
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_save_and_reload_same_outputs(arch, tmp_path):
+    from core.checkpoints import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(default_model_config(arch)).eval()
+    x = torch.randn(4, 1, 28, 28)
+    path = save_checkpoint(tmp_path / f"{arch}.safetensors", model, normalize_model_config(default_model_config(arch)), {})
+    reloaded = load_checkpoint(path).model
+    with torch.no_grad():
+        assert torch.equal(model(x), reloaded(x))
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_engine_steps_lower_the_loss(arch, mnist):
+    """A few AdamW steps through the shared loss (cross-entropy, or CapsNet's margin loss) on real digits."""
+    from core.data import normalize
+    from core.models.outputs import loss_and_scores
+
+    torch.manual_seed(0)
+    model = build_model(default_model_config(arch)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = normalize(mnist.train_images[:64]), mnist.train_labels[:64]
+    losses = []
+    for _ in range(12):
+        loss, _scores = loss_and_scores(model, x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0], losses
