@@ -84,7 +84,7 @@ def test_train_kernel_preset_changes_params(app_store):
 
 def test_train_rejects_bad_hidden_sizes(app_store):
     at = open_page("train")
-    at.text_input(key="hidden_sizes").set_value("64, 0, 64").run()
+    at.text_input(key="dense_hidden_sizes").set_value("64, 0, 64").run()
 
     assert any("hidden_sizes[1] must be at least 1" in e.value for e in at.error)
     assert at.button(key="start").disabled
@@ -150,8 +150,8 @@ def test_stage_rows_added_empty_copy_above():
     from app.config_form import rows_to_stages
 
     rows = [
-        {"channels": 32, "kernel_h": 1, "kernel_w": 7, "stride_h": 1, "stride_w": 1, "pool_h": 2, "pool_w": 2},
-        {"channels": float("nan"), "kernel_h": None, "kernel_w": None, "stride_h": None, "stride_w": None, "pool_h": None, "pool_w": None},
+        {"channels": 32, "kernel_size_h": 1, "kernel_size_w": 7, "stride_h": 1, "stride_w": 1, "pool_h": 2, "pool_w": 2},
+        {"channels": float("nan"), "kernel_size_h": None, "kernel_size_w": None, "stride_h": None, "stride_w": None, "pool_h": None, "pool_w": None},
     ]
 
     stages = rows_to_stages(rows)
@@ -164,7 +164,7 @@ def test_stage_cleared_cell_is_config_error():
     from core.errors import ConfigError
     from core.models import normalize_model_config
 
-    rows = [{"channels": float("nan"), "kernel_h": 3, "kernel_w": 3, "stride_h": 1, "stride_w": 1, "pool_h": 2, "pool_w": 2}]
+    rows = [{"channels": float("nan"), "kernel_size_h": 3, "kernel_size_w": 3, "stride_h": 1, "stride_w": 1, "pool_h": 2, "pool_w": 2}]
     stages = rows_to_stages(rows)
 
     assert stages[0]["channels"] is None
@@ -174,7 +174,7 @@ def test_stage_cleared_cell_is_config_error():
 
 def test_train_rejects_non_numeric_hidden_sizes(app_store):
     at = open_page("train")
-    at.text_input(key="hidden_sizes").set_value("64, abc").run()
+    at.text_input(key="dense_hidden_sizes").set_value("64, abc").run()
 
     assert not at.exception
     assert any("'abc' is not one" in e.value for e in at.error)
