@@ -95,12 +95,11 @@ def first_layer_filters(model: nn.Module) -> torch.Tensor | None:
     return None
 
 
-def load_test_digit(index: int, data_dir=None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Return MNIST test image ``index`` as (normalised (1, 1, 28, 28), uint8 (28, 28), label).
+def select_digit(images: torch.Tensor, labels: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Return image ``index`` of uint8 ``images`` (N, 28, 28) as (normalised (1, 1, 28, 28), uint8 (28, 28), label).
 
-    Raises ConfigError naming the valid range when ``index`` is outside the test set.
+    Raises ConfigError naming the valid range when ``index`` is outside ``images``.
     """
-    _, _, images, labels = load_raw(data_dir, download=False)
     if not 0 <= index < len(images):
         raise ConfigError(
             f"test digit index {index} is out of range; the MNIST test set has {len(images):,} images, "
@@ -109,3 +108,8 @@ def load_test_digit(index: int, data_dir=None) -> tuple[torch.Tensor, torch.Tens
     image = images[index]
     return normalize(image.unsqueeze(0)), image, int(labels[index])
 
+
+def load_test_digit(index: int, data_dir=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Return official MNIST test image ``index`` like ``select_digit``, reading the IDX files without downloading."""
+    _, _, images, labels = load_raw(data_dir, download=False)
+    return select_digit(images, labels, index)
