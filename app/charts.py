@@ -120,18 +120,25 @@ def probabilities_figure(probabilities: list[float]) -> go.Figure:
     return _layout(fig, title="", x_title="digit", y_title="probability", height=220)
 
 
-def image_grid_figure(images: Any, *, title: str, max_images: int = 16, columns: int = 8, color_scale: str = "gray") -> go.Figure:
+def image_grid_figure(
+    images: Any, *, title: str, max_images: int = 16, columns: int = 8, color_scale: str = "gray", symmetric: bool = False
+) -> go.Figure:
     """Build a grid of the first ``max_images`` of ``images`` (N, H, W), each scaled to its own range.
 
     Per-image scaling shows each channel's pattern, because absolute values differ a lot between channels.
+    With ``symmetric`` (for weights) zero stays at the middle of the colour scale, so the sign stays visible.
     """
     import numpy as np
     import plotly.express as px
 
     stack = np.asarray(images, dtype=np.float32)[:max_images]
-    low = stack.min(axis=(1, 2), keepdims=True)
-    span = stack.max(axis=(1, 2), keepdims=True) - low
-    scaled = (stack - low) / np.where(span > 0, span, 1.0)
+    if symmetric:
+        reach = np.abs(stack).max(axis=(1, 2), keepdims=True)
+        scaled = 0.5 + stack / (2 * np.where(reach > 0, reach, 1.0))
+    else:
+        low = stack.min(axis=(1, 2), keepdims=True)
+        span = stack.max(axis=(1, 2), keepdims=True) - low
+        scaled = (stack - low) / np.where(span > 0, span, 1.0)
 
     wrap = min(columns, len(scaled))
     rows = math.ceil(len(scaled) / wrap)

@@ -125,12 +125,13 @@ def _column_config(stage_cls: type) -> dict[str, Any]:
         label, help_text = STAGE_COLUMNS.get(name, (name.replace("_", " "), None))
         if _is_pair(hint):
             short = name.removesuffix("_size")
-            config[f"{name}_h"] = number(f"{short} h", min_value=1, max_value=28, step=1, help=f"{PAIR_HELP.get(name, short)}, height")
-            config[f"{name}_w"] = number(f"{short} w", min_value=1, max_value=28, step=1, help=f"{PAIR_HELP.get(name, short)}, width")
+            help_text = PAIR_HELP.get(name, short)
+            config[f"{name}_h"] = number(f"{short} h", min_value=1, max_value=28, step=1, help=f"{help_text}, height", width="small")
+            config[f"{name}_w"] = number(f"{short} w", min_value=1, max_value=28, step=1, help=f"{help_text}, width", width="small")
         elif hint is bool:
-            config[name] = st.column_config.CheckboxColumn(label, help=help_text)
+            config[name] = st.column_config.CheckboxColumn(label, help=help_text, width="small")
         elif hint is int:
-            config[name] = number(label, min_value=0 if name == "groups" else 1, step=1, help=help_text)
+            config[name] = number(label, min_value=0 if name == "groups" else 1, step=1, help=help_text, width="small")
         elif hint is float:
             config[name] = number(label, help=help_text)
         elif hint is str and name in choices:
@@ -198,6 +199,11 @@ def stage_editor(spec: ArchSpec, defaults: list[dict[str, Any]]) -> list[dict[st
 
 def _label(name: str) -> str:
     return name.replace("_", " ").capitalize()
+
+
+def settings_fields(spec: ArchSpec, *, skip: tuple[str, ...]) -> list[str]:
+    """List the config fields of ``spec`` that ``settings_form`` shows, in declaration order."""
+    return [name for name in _field_types(spec.config_class) if name not in skip]
 
 
 def settings_form(spec: ArchSpec, defaults: dict[str, Any], *, skip: tuple[str, ...]) -> tuple[dict[str, Any], list[str]]:

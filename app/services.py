@@ -178,3 +178,20 @@ def stage_table(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["receptive field h"], row["receptive field w"] = stage["rf"]
         rows.append(row)
     return rows
+
+
+def config_changes(before: Any, after: Any, path: str = "") -> list[str]:
+    """List the settings that differ between two plain-typed configs, as 'path old -> new'."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        changes = []
+        for key in after:
+            changes += config_changes(before.get(key), after[key], f"{path}.{key}" if path else str(key))
+        return changes
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after) and any(
+        isinstance(item, (dict, list)) for item in after
+    ):
+        changes = []
+        for index, (old, new) in enumerate(zip(before, after)):
+            changes += config_changes(old, new, f"{path}[{index}]")
+        return changes
+    return [] if before == after else [f"{path} {before} -> {after}"]

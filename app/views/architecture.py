@@ -23,6 +23,7 @@ SOURCES = {"shipped": "Shipped model", "run": "Trained run", "config": "Untraine
 DRAW_DIGIT_KEY = "draw_digit"  # the Draw page stores its last PreparedDigit here
 MAPS_PER_STAGE = 16
 MAX_FILTERS = 32
+TABLE_ROW_PX, MAX_TABLE_PX = 35, 720  # Streamlit's dataframe row height; taller tables scroll
 
 store = get_store()
 st.title("Architecture")
@@ -97,17 +98,17 @@ layer_rows = [
         "type": layer["type"],
         "kernel": "x".join(map(str, layer["kernel"])) if layer["kernel"] else "",
         "stride": "x".join(map(str, layer["stride"])) if layer["stride"] else "",
-        "groups": layer["groups"],
+        "groups": "" if layer["groups"] is None else str(layer["groups"]),
         "output shape": "x".join(map(str, layer["output_shape"])) if layer["output_shape"] else "",
         "parameters": layer["params"],
         "FLOPs (multiply-adds)": layer["flops"],
     }
     for layer in cost["layers"]
 ]
-layer_rows.append({"name": "total", "type": "", "kernel": "", "stride": "", "groups": None, "output shape": "",
+layer_rows.append({"name": "total", "type": "", "kernel": "", "stride": "", "groups": "", "output shape": "",
                    "parameters": cost["params"], "FLOPs (multiply-adds)": cost["flops"]})
 st.dataframe(
-    layer_rows, hide_index=True, key="layer_table",
+    layer_rows, hide_index=True, key="layer_table", height=min(TABLE_ROW_PX * (len(layer_rows) + 1) + 3, MAX_TABLE_PX),
     column_config={
         "parameters": st.column_config.NumberColumn(format="localized"),
         "FLOPs (multiply-adds)": st.column_config.NumberColumn(format="localized"),
@@ -132,7 +133,7 @@ if input_choice == "drawing":
     digit = st.session_state[DRAW_DIGIT_KEY]
     tensor, image, caption = digit.tensor, digit.image, "your drawing"
 else:
-    index = st.number_input("Test digit index", value=0, step=1, key="digit_index", help="0 to 9,999 in the official test set")
+    index = st.columns(3)[0].number_input("Test digit index", value=0, step=1, key="digit_index", help="0 to 9,999 in the official test set")
     try:
         images, labels = mnist_test_set(str(resolve_data_dir().resolve()))
         tensor, image, label = select_digit(images, labels, int(index))
@@ -149,13 +150,16 @@ image_col, text_col = st.columns([1, 4])
 image_col.image(np.kron(np.asarray(image, dtype=np.float32) / float(np.asarray(image).max() or 1), np.ones((4, 4), dtype=np.float32)),
                 clamp=True, caption=caption)
 text_col.markdown(f"**{escape_markdown(entry.label)}** predicts **{predicted}** ({float(probabilities[predicted]):.1%}).")
-text_col.caption(f"The first {MAPS_PER_STAGE} channels of every stage, each scaled to its own range (bright is high).")
+text_col.caption(
+    f"The first {MAPS_PER_STAGE} channels of every stage, each scaled to its own range (bright is high). "
+    "Filters: red is a positive weight, blue a negative one, white zero."
+)
 
 filters = first_layer_filters(model)
 if filters is not None:
     st.plotly_chart(
-        image_grid_figure(filters.numpy(), title=f"First-layer filters ({len(filters)}, first {min(len(filters), MAX_FILTERS)} shown)",
-                          max_images=MAX_FILTERS, color_scale="RdBu"),
+        image_grid_figure(filters.numpy(), title=f"First-layer filters: {min(len(filters), MAX_FILTERS)} of {len(filters)}",
+                          max_images=MAX_FILTERS, color_scale="RdBu_r", symmetric=True),
         key="filters_chart",
     )
 else:

@@ -9,9 +9,9 @@ import time
 import streamlit as st
 
 from app.charts import accuracy_figure, loss_figure
-from app.config_form import settings_form, stage_editor
+from app.config_form import settings_fields, settings_form, stage_editor
 from app.escaping import escape_markdown
-from app.services import REFRESH_S, describe_config, describe_cost, ensure_worker, fit_to_budget, get_store, stage_table
+from app.services import REFRESH_S, config_changes, describe_config, describe_cost, ensure_worker, fit_to_budget, get_store, stage_table
 from core.analysis import format_count
 from core.budget import MAX_BUDGET, MIN_BUDGET, PRESET_BUDGETS
 from core.devices import available_devices
@@ -63,7 +63,7 @@ if spec.has_stages:
     st.markdown("**Stages**: kernel, stride, dilation and pool window per axis (height, width); groups 1 is a full convolution, 0 depthwise")
     model_config["stages"] = stage_editor(spec, defaults["stages"])
 settings_skip = ("stages", "width_mult", "dropout")
-if spec.has_stages:
+if spec.has_stages and settings_fields(spec, skip=settings_skip):
     with st.expander("Other settings"):
         settings, form_errors = settings_form(spec, defaults, skip=settings_skip)
 else:
@@ -93,7 +93,9 @@ else:
     flops_col.metric("FLOPs (multiply-adds)", f"{cost['flops']:,}", help=f"{format_count(cost['flops'])} per 28x28 image")
     rf_col.metric("Receptive field (h x w)", "{} x {}".format(*cost["receptive_field"]), help="input pixels that the last stage sees, per axis")
     if fit is not None:
-        st.caption(f"Budget {fit.budget:,}: {fit.params:,} parameters ({fit.error:+.1%}) at width_mult {fit.config['width_mult']}")
+        changed = [change for change in config_changes(described["config"], fit.config) if not change.startswith("width_mult")]
+        also = f"; the fit also set {', '.join(changed)}" if changed else ""
+        st.caption(f"Budget {fit.budget:,}: {fit.params:,} parameters ({fit.error:+.1%}) at width_mult {fit.config['width_mult']}{also}")
         if not fit.within:
             st.warning(fit.describe())
     stage_rows = stage_table(cost["stages"])
