@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 from typing import Any
 
 import plotly.graph_objects as go
@@ -117,3 +118,64 @@ def probabilities_figure(probabilities: list[float]) -> go.Figure:
     fig.update_yaxes(range=[0, 1], tickformat=".0%")
     fig.update_xaxes(type="category")
     return _layout(fig, title="", x_title="digit", y_title="probability", height=220)
+
+
+def image_grid_figure(
+    images: Any, *, title: str, max_images: int = 16, columns: int = 8, color_scale: str = "gray", symmetric: bool = False
+) -> go.Figure:
+    """Build a grid of the first ``max_images`` of ``images`` (N, H, W), each scaled to its own range.
+
+    Per-image scaling shows each channel's pattern, because absolute values differ a lot between channels.
+    With ``symmetric`` (for weights) zero stays at the middle of the colour scale, so the sign stays visible.
+    """
+    import numpy as np
+    import plotly.express as px
+
+    stack = np.asarray(images, dtype=np.float32)[:max_images]
+    if symmetric:
+        reach = np.abs(stack).max(axis=(1, 2), keepdims=True)
+        scaled = 0.5 + stack / (2 * np.where(reach > 0, reach, 1.0))
+    else:
+        low = stack.min(axis=(1, 2), keepdims=True)
+        span = stack.max(axis=(1, 2), keepdims=True) - low
+        scaled = (stack - low) / np.where(span > 0, span, 1.0)
+
+    wrap = min(columns, len(scaled))
+    rows = math.ceil(len(scaled) / wrap)
+    fig = px.imshow(scaled, facet_col=0, facet_col_wrap=wrap, color_continuous_scale=color_scale, zmin=0, zmax=1,
+                    facet_row_spacing=0.25 / max(rows, 1), facet_col_spacing=0.01)
+    fig.for_each_annotation(lambda annotation: annotation.update(text=f"#{annotation.text.split('=')[-1]}", font_size=10))
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    fig.update_layout(
+        title=_escape_plotly(title), coloraxis_showscale=False, height=90 + 110 * rows,
+        margin=dict(l=10, r=10, t=50, b=10),
+    )
+    return fig
+
+
+def _dot_label(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def stage_diagram(stages: list[dict[str, Any]], *, arch: str) -> str:
+    """Build a left-to-right Graphviz DOT graph: the 1x28x28 input, one box per stage, the classifier."""
+    nodes = ['input [label="input\\n1x28x28", shape=oval]']
+    for index, stage in enumerate(stages):
+        lines = [str(stage["stage"])]
+        if "out_hw" in stage:
+            lines.append(f"{stage.get('channels', '?')}x{stage['out_hw'][0]}x{stage['out_hw'][1]}")
+        elif "units" in stage:
+            lines.append(f"{stage['units']} units")
+        elif "channels" in stage:
+            lines.append(f"{stage['channels']} channels")
+        if "rf" in stage:
+            lines.append(f"RF {stage['rf'][0]}x{stage['rf'][1]}")
+        label = "\\n".join(_dot_label(line) for line in lines)  # \n is a line break inside a DOT label
+        nodes.append(f's{index} [label="{label}"]')
+    nodes.append(f'classifier [label="{_dot_label(arch)} classifier\\n10 classes", shape=oval]')
+
+    chain = ["input", *(f"s{index}" for index in range(len(stages))), "classifier"]
+    edges = " -> ".join(chain)
+    body = "\n    ".join(nodes)
+    return f"digraph {{\n    rankdir=LR\n    node [shape=box, fontname=Helvetica, fontsize=11]\n    {body}\n    {edges}\n}}"

@@ -21,6 +21,7 @@ PAGES = ROOT / "app" / "views"  # not "pages": Streamlit would also list that fo
 navigation = st.navigation(
     [
         st.Page(PAGES / "train.py", title="Train", icon=":material/model_training:", default=True),
+        st.Page(PAGES / "architecture.py", title="Architecture", icon=":material/account_tree:"),
         st.Page(PAGES / "compare.py", title="Compare", icon=":material/compare_arrows:"),
         st.Page(PAGES / "draw.py", title="Draw", icon=":material/draw:"),
     ]

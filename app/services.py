@@ -6,6 +6,8 @@ and ``core`` and contain no training or file-parsing logic of their own.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import multiprocessing
@@ -15,7 +17,9 @@ from typing import Any, Mapping
 
 import streamlit as st
 
-from core.data import resolve_data_dir
+from core.analysis import model_cost
+from core.budget import BudgetFit, fit_budget
+from core.data import load_raw, resolve_data_dir
 from core.errors import ConfigError, LabError
 from core.inference import ModelEntry, run_models, shipped_models
 from core.models import check_model_size, normalize_model_config, stage_plan
@@ -93,8 +97,6 @@ def ensure_worker() -> str:
 @st.cache_data(show_spinner=False, max_entries=256)
 def describe_config(config_json: str) -> dict[str, Any]:
     """Return the complete config, parameter count and stage plan, or the config error."""
-    import json
-
     config = json.loads(config_json)
     try:
         complete = normalize_model_config(config)
@@ -116,3 +118,80 @@ def list_models(store: RunStore) -> list[ModelEntry]:
     except LabError as error:
         st.warning(f"A shipped checkpoint could not be read: {error}")
     return entries + run_models(store)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def describe_cost(config_json: str) -> dict[str, Any]:
+    """Return the parameters, multiply-adds, receptive field, stage plan and layer table of a valid config."""
+    cost = model_cost(json.loads(config_json), layers=True)
+    return {
+        "params": cost.params,
+        "flops": cost.flops,
+        "receptive_field": tuple(cost.receptive_field),
+        "stages": cost.stages,
+        "layers": [dataclasses.asdict(layer) for layer in cost.layers],
+    }
+
+
+def cost_summary(model_config: dict[str, Any], info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return "flops" and "receptive_field" from a saved record, measuring them when it lacks them.
+
+    Records written before FLOPs were measured have neither; a config that no
+    longer builds gets None for both.
+    """
+    info = info or {}
+    if info.get("flops") is not None and info.get("receptive_field"):
+        return {"flops": info["flops"], "receptive_field": tuple(info["receptive_field"])}
+    try:
+        cost = describe_cost(json.dumps(model_config, sort_keys=True))
+    except LabError:
+        return {"flops": None, "receptive_field": None}
+    return {"flops": cost["flops"], "receptive_field": cost["receptive_field"]}
+
+
+@st.cache_data(show_spinner="Fitting the width to the budget...", max_entries=256)
+def fit_to_budget(config_json: str, budget: int) -> BudgetFit:
+    """Fit a config to a parameter budget (up to about a second), once per config and budget."""
+    return fit_budget(json.loads(config_json), budget)
+
+
+@st.cache_resource(show_spinner="Loading the MNIST test set...")
+def mnist_test_set(data_dir: str) -> tuple[Any, Any]:
+    """Return the official test images (10000, 28, 28) uint8 and labels, loaded once per process."""
+    _, _, images, labels = load_raw(data_dir, download=False)
+    return images, labels
+
+
+def stage_table(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of input size, output size, channels and receptive field per stage, for spatial stage plans."""
+    rows = []
+    for stage in stages:
+        if "in_hw" not in stage:
+            continue  # a fully connected layer has no spatial size
+        row = {
+            "stage": stage["stage"],
+            "input": "x".join(map(str, stage["in_hw"])),
+            "output": "x".join(map(str, stage["out_hw"])),
+            "channels": stage.get("channels"),
+        }
+        if "rf" in stage:
+            row["receptive field h"], row["receptive field w"] = stage["rf"]
+        rows.append(row)
+    return rows
+
+
+def config_changes(before: Any, after: Any, path: str = "") -> list[str]:
+    """List the settings that differ between two plain-typed configs, as 'path old -> new'."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        changes = []
+        for key in after:
+            changes += config_changes(before.get(key), after[key], f"{path}.{key}" if path else str(key))
+        return changes
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after) and any(
+        isinstance(item, (dict, list)) for item in after
+    ):
+        changes = []
+        for index, (old, new) in enumerate(zip(before, after)):
+            changes += config_changes(old, new, f"{path}[{index}]")
+        return changes
+    return [] if before == after else [f"{path} {before} -> {after}"]

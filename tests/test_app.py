@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.models import ARCHITECTURES, default_model_config
+
 ROOT = Path(__file__).resolve().parent.parent
 VIEWS = ROOT / "app" / "views"
 
@@ -43,7 +45,7 @@ def plotly_point_count(at: AppTest, key: str) -> int:
     return 0
 
 
-@pytest.mark.parametrize("page", ["train", "compare", "draw"])
+@pytest.mark.parametrize("page", ["train", "architecture", "compare", "draw"])
 def test_page_renders_without_errors(app_store, page):
     at = open_page(page)
 
@@ -84,7 +86,7 @@ def test_train_kernel_preset_changes_params(app_store):
 
 def test_train_rejects_bad_hidden_sizes(app_store):
     at = open_page("train")
-    at.text_input(key="hidden_sizes").set_value("64, 0, 64").run()
+    at.text_input(key="dense_hidden_sizes").set_value("64, 0, 64").run()
 
     assert any("hidden_sizes[1] must be at least 1" in e.value for e in at.error)
     assert at.button(key="start").disabled
@@ -150,8 +152,8 @@ def test_stage_rows_added_empty_copy_above():
     from app.config_form import rows_to_stages
 
     rows = [
-        {"channels": 32, "kernel_h": 1, "kernel_w": 7, "stride_h": 1, "stride_w": 1, "pool_h": 2, "pool_w": 2},
-        {"channels": float("nan"), "kernel_h": None, "kernel_w": None, "stride_h": None, "stride_w": None, "pool_h": None, "pool_w": None},
+        {"channels": 32, "kernel_size_h": 1, "kernel_size_w": 7, "stride_h": 1, "stride_w": 1, "pool_h": 2, "pool_w": 2},
+        {"channels": float("nan"), "kernel_size_h": None, "kernel_size_w": None, "stride_h": None, "stride_w": None, "pool_h": None, "pool_w": None},
     ]
 
     stages = rows_to_stages(rows)
@@ -164,7 +166,7 @@ def test_stage_cleared_cell_is_config_error():
     from core.errors import ConfigError
     from core.models import normalize_model_config
 
-    rows = [{"channels": float("nan"), "kernel_h": 3, "kernel_w": 3, "stride_h": 1, "stride_w": 1, "pool_h": 2, "pool_w": 2}]
+    rows = [{"channels": float("nan"), "kernel_size_h": 3, "kernel_size_w": 3, "stride_h": 1, "stride_w": 1, "pool_h": 2, "pool_w": 2}]
     stages = rows_to_stages(rows)
 
     assert stages[0]["channels"] is None
@@ -174,7 +176,7 @@ def test_stage_cleared_cell_is_config_error():
 
 def test_train_rejects_non_numeric_hidden_sizes(app_store):
     at = open_page("train")
-    at.text_input(key="hidden_sizes").set_value("64, abc").run()
+    at.text_input(key="dense_hidden_sizes").set_value("64, abc").run()
 
     assert not at.exception
     assert any("'abc' is not one" in e.value for e in at.error)
@@ -194,3 +196,134 @@ def test_compare_delete_run(app_store):
     assert not at.exception
     assert any(f"Run {run_id} deleted" in s.value for s in at.success)
     assert store.list_runs() == []
+
+
+def _open_train(**state) -> AppTest:
+    """Run the Train page once with widget values preset through session state."""
+    at = AppTest.from_file(str(VIEWS / "train.py"), default_timeout=60)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def _count(at: AppTest, label: str) -> int:
+    return int(metric_value(at, label).replace(",", ""))
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_train_budget_68k_fits(app_store, arch):
+    at = _open_train(arch=arch, budget="68k")
+
+    assert not at.exception
+    params = _count(at, "Parameters")
+    assert abs(params / 68_000 - 1) <= 0.03, f"{arch}: {params:,} parameters"
+    assert any("Budget 68,000" in c.value for c in at.caption)
+    assert not at.button(key="start").disabled
+
+
+def test_train_lists_every_architecture(app_store):
+    at = _open_train()
+
+    assert at.selectbox(key="arch").options == [f"{spec.title} ({name})" for name, spec in ARCHITECTURES.items()]
+    for name, spec in ARCHITECTURES.items():
+        at.selectbox(key="arch").set_value(name).run()
+        assert any(spec.paper in c.value and spec.description in c.value for c in at.caption), name
+
+
+def test_train_unreachable_budget_blocks_start(app_store):
+    at = _open_train(arch="cnn", budget="custom", budget_custom=100)
+
+    assert not at.exception
+    assert any("cannot reach 100 parameters" in w.value for w in at.warning)
+    assert any("nearest reachable count" in w.value for w in at.warning)
+    assert at.button(key="start").disabled
+
+
+def test_train_kernel_and_pool_update_cost(app_store):
+    from core.analysis import model_cost
+
+    at = _open_train(arch="cnn")
+    before = (_count(at, "Parameters"), _count(at, "FLOPs (multiply-adds)"), metric_value(at, "Receptive field (h x w)"))
+    at.selectbox(key="kernel_preset_cnn").set_value("(1, 7)").run()
+    at.button(key="apply_preset_cnn").click().run()
+    at.selectbox(key="pool_preset_cnn").set_value("(1, 2)").run()
+    at.button(key="apply_pool_cnn").click().run()
+
+    assert not at.exception
+    edited = default_model_config("cnn")
+    for stage in edited["stages"]:
+        stage["kernel_size"], stage["pool"] = [1, 7], [1, 2]
+    cost = model_cost(edited)
+    assert _count(at, "Parameters") == cost.params
+    assert _count(at, "FLOPs (multiply-adds)") == cost.flops
+    assert metric_value(at, "Receptive field (h x w)") == f"{cost.receptive_field[0]} x {cost.receptive_field[1]}"
+    after = (cost.params, cost.flops, metric_value(at, "Receptive field (h x w)"))
+    assert all(old != new for old, new in zip(before, after)), f"{before} -> {after}"
+    stage_table = next(d.value for d in at.dataframe if "output" in d.value.columns)
+    assert list(stage_table["output"]) == ["28x14", "28x7", "28x3"]
+
+
+def test_train_kernel_too_large_blocks_start(app_store):
+    from app.config_form import stages_to_rows
+
+    stages = default_model_config("cnn")["stages"]
+    stages[2]["kernel_size"] = [9, 9]  # stage 3 sees 7x7 after two 2x2 pools
+    at = _open_train(arch="cnn", stage_rows_cnn=stages_to_rows(stages), stage_version_cnn=0)
+
+    assert not at.exception
+    assert any("kernel (9, 9) at stage 3 is larger than its 7x7 input" in e.value for e in at.error)
+    assert at.button(key="start").disabled
+    assert not at.metric  # no cost is shown for a config that cannot be built
+
+
+@pytest.mark.parametrize(
+    ("arch", "extra"),
+    [("cnn", ("pointwise",)), ("mobilenetv2", ("num_blocks", "expand_ratio"))],
+)
+def test_train_editor_shows_stage_fields(app_store, arch, extra):
+    at = _open_train(arch=arch)
+
+    editor = next(d.value for d in at.dataframe if "groups" in d.value.columns)
+    for column in ("channels", "kernel_size_h", "kernel_size_w", "stride_h", "stride_w", "dilation_h", "dilation_w",
+                   "pool_h", "pool_w", "groups", *extra):
+        assert column in editor.columns, column
+    assert "depthwise" not in editor.columns  # replaced by groups = 0
+
+
+def test_train_start_stores_budget_and_augment(app_store):
+    from core.store import RunStore
+
+    at = _open_train(arch="mobilenetv2", budget="8k")
+    at.toggle(key="augment").set_value(True).run()
+    at.toggle(key="elastic").set_value(True).run()
+    at.slider(key="rotate_deg").set_value(20.0).run()
+    at.button(key="start").click().run()
+
+    assert not at.exception
+    run = RunStore(app_store).list_runs()[0]
+    assert run["model_config"]["width_mult"] != 1.0  # fitted to the budget, not the slider's value
+    assert run["train_config"]["augment"] is True
+    assert run["train_config"]["elastic"] is True
+    assert run["train_config"]["rotate_deg"] == 20.0
+
+
+def test_train_elastic_needs_augment(app_store):
+    at = _open_train()
+
+    assert at.toggle(key="elastic").disabled
+    at.toggle(key="augment").set_value(True).run()
+    assert not at.toggle(key="elastic").disabled
+
+
+def test_train_recipe_sets_defaults(app_store):
+    """cnn_best trains longer with augmentation; its recipe sets those widgets, other architectures keep the defaults."""
+    at = _open_train(arch="cnn_best")
+
+    assert not at.exception
+    assert at.number_input(key="epochs_cnn_best").value == 15
+    assert at.toggle(key="augment_cnn_best").value is True
+    assert any("recipe: epochs 15, augment True" in c.value for c in at.caption)
+
+    at.selectbox(key="arch").set_value("cnn").run()
+    assert at.number_input(key="epochs").value == 5
+    assert at.toggle(key="augment").value is False

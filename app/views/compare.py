@@ -5,9 +5,14 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts import accuracy_figure, confusion_figure, loss_figure, params_figure
-from app.services import get_store, list_models
+from app.services import cost_summary, get_store, list_models
 from core.errors import LabError
 from core.store import ACTIVE_STATUSES
+
+
+def _rf_text(receptive_field) -> str | None:
+    return "{} x {}".format(*receptive_field) if receptive_field else None
+
 
 store = get_store()
 st.title("Compare")
@@ -18,18 +23,22 @@ shipped = [m for m in list_models(store) if m.key.startswith("shipped:")]
 rows = []
 for model in shipped:
     info = model.info
+    cost = cost_summary(info.get("model_config") or {}, info)
     rows.append(
         {
             "key": model.key, "name": model.label, "architecture": model.arch, "params": model.params,
+            "flops": cost["flops"], "receptive_field": _rf_text(cost["receptive_field"]),
             "best_val_accuracy": info.get("best_val_accuracy"), "test_accuracy": model.test_accuracy,
             "epochs": info.get("epochs_completed"), "training_time_s": info.get("wall_time_s"),
             "device": info.get("device"), "status": "shipped",
         }
     )
 for run in runs:
+    cost = cost_summary(run["model_config"], run)
     rows.append(
         {
             "key": f"run:{run['id']}", "name": f"#{run['id']} {run['name']}", "architecture": run["arch"], "params": run["params"],
+            "flops": cost["flops"], "receptive_field": _rf_text(cost["receptive_field"]),
             "best_val_accuracy": run["best_val_accuracy"], "test_accuracy": run["test_accuracy"],
             "epochs": run["epochs_completed"], "training_time_s": run["wall_time_s"], "device": run["device"], "status": run["status"],
         }
@@ -50,9 +59,11 @@ event = st.dataframe(
     on_select="rerun",
     selection_mode="multi-row",
     hide_index=True,
-    column_order=["name", "architecture", "params", "best_val_accuracy", "test_accuracy", "epochs", "training_time_s", "device", "status"],
+    column_order=["name", "architecture", "params", "flops", "receptive_field", "best_val_accuracy", "test_accuracy", "epochs", "training_time_s", "device", "status"],
     column_config={
         "params": st.column_config.NumberColumn("parameters", format="localized"),
+        "flops": st.column_config.NumberColumn("FLOPs (multiply-adds)", format="localized", help="per 28x28 image"),
+        "receptive_field": st.column_config.TextColumn("receptive field (h x w)", help="input pixels that the last stage sees"),
         "best_val_accuracy": st.column_config.NumberColumn("best val accuracy", format="percent"),
         "test_accuracy": st.column_config.NumberColumn("test accuracy", format="percent"),
         "training_time_s": st.column_config.NumberColumn("training time (s)", format="%.1f"),

@@ -67,6 +67,8 @@ try:
         digit = to_mnist(pixels)
 except LabError as error:
     st.error(escape_markdown(str(error)))  # the message quotes the file name the user chose
+if digit is not None:
+    st.session_state["draw_digit"] = digit  # the Architecture page shows feature maps for the last drawing
 
 with input_col:
     st.markdown("**What the models receive (28 x 28)**")

@@ -9,14 +9,19 @@ import time
 import streamlit as st
 
 from app.charts import accuracy_figure, loss_figure
-from app.config_form import stage_editor
+from app.config_form import settings_fields, settings_form, stage_editor
 from app.escaping import escape_markdown
-from app.services import REFRESH_S, describe_config, ensure_worker, get_store
+from app.services import REFRESH_S, config_changes, describe_config, describe_cost, ensure_worker, fit_to_budget, get_store, stage_table
+from core.analysis import format_count
+from core.budget import MAX_BUDGET, MIN_BUDGET, PRESET_BUDGETS
 from core.devices import available_devices
 from core.errors import LabError
 from core.models import ARCHITECTURES, default_model_config
+from core.models.config import config_to_dict
 from core.store import ACTIVE_STATUSES, RESUMABLE_STATUSES, clean_run_name
 from core.training import OPTIMIZERS, SCHEDULERS, TrainConfig, parse_train_config
+
+BUDGET_CHOICES = ["none", *PRESET_BUDGETS, "custom"]
 
 store = get_store()
 ensure_worker()
@@ -35,65 +40,119 @@ st.caption(f"{spec.description}  \nSource: {spec.paper}")
 
 defaults = default_model_config(arch)
 model_config = dict(defaults)
-width_col, dropout_col = st.columns(2)
-model_config["width_mult"] = width_col.slider(
-    "Width multiplier", 0.25, 3.0, float(defaults["width_mult"]), 0.05, key=f"width_{arch}",
-    help="scales every layer's channel count; rounded to multiples of 4",
-)
-model_config["dropout"] = dropout_col.slider("Dropout before the classifier", 0.0, 0.5, float(defaults["dropout"]), 0.05, key=f"dropout_{arch}")
 
-form_error = None
+budget_col, width_col, dropout_col = st.columns(3)
+budget_choice = budget_col.selectbox(
+    "Parameter budget", BUDGET_CHOICES, key="budget",
+    format_func=lambda choice: {"none": "none (use the width slider)", "custom": "custom..."}.get(choice, choice),
+    help="fit the width multiplier (then single stage widths) so the model has about this many parameters",
+)
+budget = None
+if budget_choice == "custom":
+    budget = int(budget_col.number_input("Budget (parameters)", MIN_BUDGET, MAX_BUDGET, 68_000, 1_000, key="budget_custom"))
+elif budget_choice != "none":
+    budget = PRESET_BUDGETS[budget_choice]
+if "width_mult" in defaults:
+    model_config["width_mult"] = width_col.slider(
+        "Width multiplier", 0.25, 3.0, float(defaults["width_mult"]), 0.05, key=f"width_{arch}", disabled=budget is not None,
+        help="scales every layer's channel count, rounded to even counts (multiples of 4 from 32 up); the budget sets it when one is chosen",
+    )
+if "dropout" in defaults:
+    model_config["dropout"] = dropout_col.slider("Dropout before the classifier", 0.0, 0.5, float(defaults["dropout"]), 0.05, key=f"dropout_{arch}")
+
 if spec.has_stages:
-    st.markdown("**Stages**: kernel (height x width), stride per axis" + (", depthwise or full convolution" if spec.has_depthwise else ", max-pool window"))
+    st.markdown("**Stages**: kernel, stride, dilation and pool window per axis (height, width); groups 1 is a full convolution, 0 depthwise")
     model_config["stages"] = stage_editor(spec, defaults["stages"])
-elif "hidden_sizes" in defaults:
-    sizes = st.text_input("Hidden layer sizes", ", ".join(map(str, defaults["hidden_sizes"])), key="hidden_sizes", help="comma-separated units per layer")
-    parts = [part.strip() for part in sizes.split(",") if part.strip()]
-    invalid = [part for part in parts if not part.lstrip("-").isdigit()]
-    model_config["hidden_sizes"] = [int(part) for part in parts if part not in invalid]
-    if invalid:
-        form_error = f"hidden layer sizes must be whole numbers separated by commas; {escape_markdown(repr(invalid[0]))} is not one"
+settings_skip = ("stages", "width_mult", "dropout")
+if spec.has_stages and settings_fields(spec, skip=settings_skip):
+    with st.expander("Other settings"):
+        settings, form_errors = settings_form(spec, defaults, skip=settings_skip)
+else:
+    settings, form_errors = settings_form(spec, defaults, skip=settings_skip)
+model_config.update(settings)
+
+# -- what the model costs, before training ------------------------------------
 
 described = describe_config(json.dumps(model_config, sort_keys=True))
-if form_error:
-    described = {"config": None, "params": None, "plan": [], "error": form_error}
-if described["error"]:
-    st.error(f"This configuration cannot be built: {described['error']}")
+config_error = escape_markdown(form_errors[0]) if form_errors else described["error"]
+final_config, fit = described["config"], None
+if not config_error and budget is not None:
+    try:
+        fit = fit_to_budget(json.dumps(described["config"], sort_keys=True), budget)
+    except LabError as error:
+        config_error = str(error)
+    else:
+        final_config = fit.config
+
+if config_error:
+    st.error(f"This configuration cannot be built: {config_error}")
+    final_config = None
 else:
-    st.metric("Parameters", f"{described['params']:,}")
-    if described["plan"] and "in_hw" in described["plan"][0]:
-        st.dataframe(
-            [
-                {"stage": p["stage"], "input": "x".join(map(str, p["in_hw"])), "output": "x".join(map(str, p["out_hw"])), "channels": p["channels"]}
-                for p in described["plan"]
-            ],
-            hide_index=True,
-        )
+    cost = describe_cost(json.dumps(final_config, sort_keys=True))
+    params_col, flops_col, rf_col = st.columns(3)
+    params_col.metric("Parameters", f"{cost['params']:,}", help=format_count(cost["params"]))
+    flops_col.metric("FLOPs (multiply-adds)", f"{cost['flops']:,}", help=f"{format_count(cost['flops'])} per 28x28 image")
+    rf_col.metric("Receptive field (h x w)", "{} x {}".format(*cost["receptive_field"]), help="input pixels that the last stage sees, per axis")
+    if fit is not None:
+        changed = [change for change in config_changes(described["config"], fit.config) if not change.startswith("width_mult")]
+        also = f"; the fit also set {', '.join(changed)}" if changed else ""
+        st.caption(f"Budget {fit.budget:,}: {fit.params:,} parameters ({fit.error:+.1%}) at width_mult {fit.config['width_mult']}{also}")
+        if not fit.within:
+            st.warning(fit.describe())
+    stage_rows = stage_table(cost["stages"])
+    if stage_rows:
+        with st.expander("Per-stage output size and receptive field"):
+            st.dataframe(stage_rows, hide_index=True)
+budget_missed = fit is not None and not fit.within
 
 # -- training ---------------------------------------------------------------
 
 st.subheader("Training")
-base = TrainConfig()
+base = TrainConfig(**{**config_to_dict(TrainConfig()), **spec.recipe})
+if spec.recipe:
+    st.caption("Starts from this architecture's recipe: " + ", ".join(f"{k} {v}" for k, v in spec.recipe.items()))
+
+
+def widget_key(setting: str) -> str:
+    """Widget key of a training setting; settings in a recipe get one per architecture so its value applies."""
+    return f"{setting}_{arch}" if setting in spec.recipe else setting
+
+
 c1, c2, c3, c4 = st.columns(4)
-optimizer = c1.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(base.optimizer), key="optimizer")
-lr = c2.number_input("Learning rate (peak)", value=base.lr, min_value=0.0, format="%.5f", step=0.0005, key="lr")
-scheduler = c3.selectbox("Schedule", SCHEDULERS, index=SCHEDULERS.index(base.scheduler), key="scheduler")
+optimizer = c1.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(base.optimizer), key=widget_key("optimizer"))
+lr = c2.number_input("Learning rate (peak)", value=base.lr, min_value=0.0, format="%.5f", step=0.0005, key=widget_key("lr"))
+scheduler = c3.selectbox("Schedule", SCHEDULERS, index=SCHEDULERS.index(base.scheduler), key=widget_key("scheduler"))
 device = c4.selectbox("Device", available_devices(), key="device", help="only devices available on this machine are listed")
 c1, c2, c3, c4 = st.columns(4)
-epochs = c1.number_input("Epochs", value=base.epochs, min_value=1, max_value=200, step=1, key="epochs")
-batch_size = c2.number_input("Batch size", value=base.batch_size, min_value=2, max_value=8192, step=32, key="batch_size")
-weight_decay = c3.number_input("Weight decay", value=base.weight_decay, min_value=0.0, format="%.5f", step=0.0001, key="weight_decay")
-label_smoothing = c4.number_input("Label smoothing", value=base.label_smoothing, min_value=0.0, max_value=0.99, step=0.05, key="label_smoothing")
+epochs = c1.number_input("Epochs", value=base.epochs, min_value=1, max_value=200, step=1, key=widget_key("epochs"))
+batch_size = c2.number_input("Batch size", value=base.batch_size, min_value=2, max_value=8192, step=32, key=widget_key("batch_size"))
+weight_decay = c3.number_input("Weight decay", value=base.weight_decay, min_value=0.0, format="%.5f", step=0.0001, key=widget_key("weight_decay"))
+label_smoothing = c4.number_input("Label smoothing", value=base.label_smoothing, min_value=0.0, max_value=0.99, step=0.05, key=widget_key("label_smoothing"))
 c1, c2, c3, c4 = st.columns(4)
-seed = c1.number_input("Seed", value=base.seed, min_value=0, step=1, key="seed")
+seed = c1.number_input("Seed", value=base.seed, min_value=0, step=1, key=widget_key("seed"))
 patience = c2.number_input("Early stopping patience (0 = off)", value=0, min_value=0, step=1, key="patience")
 subset = c3.number_input("Training images (0 = all 55,000)", value=0, min_value=0, max_value=55000, step=1000, key="train_subset")
 name = c4.text_input("Run name (optional)", key="run_name", max_chars=100)
+
+with st.expander("Augmentation"):
+    augment = st.toggle("Augment training images", value=base.augment, key=widget_key("augment"), help="a random affine transform of every training image, per batch")
+    c1, c2, c3, c4 = st.columns(4)
+    rotate_deg = c1.slider("Rotation (degrees)", 0.0, 45.0, base.rotate_deg, 1.0, key=widget_key("rotate_deg"), disabled=not augment)
+    translate = c2.slider("Translation (fraction of the image)", 0.0, 0.5, base.translate, 0.01, key=widget_key("translate"), disabled=not augment)
+    scale = c3.slider("Scale (zoom range)", 0.0, 0.9, base.scale, 0.01, key=widget_key("scale"), disabled=not augment)
+    shear_deg = c4.slider("Shear (degrees)", 0.0, 60.0, base.shear_deg, 1.0, key=widget_key("shear_deg"), disabled=not augment)
+    c1, c2, c3 = st.columns(3)
+    elastic = c1.toggle("Elastic distortion", value=base.elastic, key=widget_key("elastic"), disabled=not augment, help="applied on top of the affine transform")
+    elastic_alpha = c2.slider("Elastic alpha (pixels)", 0.0, 28.0, base.elastic_alpha, 0.5, key=widget_key("elastic_alpha"), disabled=not (augment and elastic))
+    elastic_sigma = c3.slider("Elastic sigma (pixels)", 0.5, 14.0, base.elastic_sigma, 0.5, key=widget_key("elastic_sigma"), disabled=not (augment and elastic))
 
 train_config = {
     "optimizer": optimizer, "lr": float(lr), "scheduler": scheduler, "device": device, "epochs": int(epochs),
     "batch_size": int(batch_size), "weight_decay": float(weight_decay), "label_smoothing": float(label_smoothing),
     "seed": int(seed), "early_stopping_patience": int(patience), "train_subset": int(subset) or None,
+    "augment": bool(augment), "rotate_deg": float(rotate_deg), "translate": float(translate), "scale": float(scale),
+    "shear_deg": float(shear_deg), "elastic": bool(augment and elastic), "elastic_alpha": float(elastic_alpha),
+    "elastic_sigma": float(elastic_sigma),
 }
 train_error = None
 try:
@@ -103,14 +162,14 @@ except LabError as error:
     train_error = str(error)
     st.error(f"Training settings are invalid: {train_error}")
 
-if st.button("Start training", type="primary", disabled=bool(described["error"] or train_error), key="start"):
-    fingerprint = hashlib.sha256(json.dumps([described["config"], train_config, name], sort_keys=True).encode()).hexdigest()
+if st.button("Start training", type="primary", disabled=bool(final_config is None or budget_missed or train_error), key="start"):
+    fingerprint = hashlib.sha256(json.dumps([final_config, train_config, name], sort_keys=True).encode()).hexdigest()
     last = st.session_state.get("last_start")
     if last and last[0] == fingerprint and time.time() - last[1] < 5:
         st.toast("That run was just queued; not queuing it twice.")
     else:
         try:
-            run_id = store.create_run(described["config"], train_config, name=name or None)
+            run_id = store.create_run(final_config, train_config, name=name or None)
         except LabError as error:
             st.error(f"Could not queue the run: {error}")
         else:
