@@ -111,3 +111,20 @@ def test_no_runs_yet(app_store):
 
     assert not at.exception
     assert any("No completed runs yet" in i.value for i in at.info)
+
+
+def test_untrained_uses_train_page_config(app_store):
+    from core.models import normalize_model_config
+
+    draft = normalize_model_config(
+        {"arch": "cnn", "stages": [{"channels": 16, "kernel_size": [1, 7], "pool": [1, 2]}, {"channels": 32}]}
+    )
+    at = open_architecture(inspect_source="config", inspect_arch="cnn", train_draft_config=draft)
+
+    assert not at.exception
+    table = layer_table(at)
+    assert table[table["name"] == "stages.0.0.0"]["kernel"].iloc[0] == "1x7"
+    assert next(m.value for m in at.metric if m.label == "Receptive field (h x w)") == "4 x 14"  # rows 1, 3, 4; columns 7, 8, 12, 14
+
+    at.toggle(key="inspect_use_draft").set_value(False).run()
+    assert next(m.value for m in at.metric if m.label == "Receptive field (h x w)") == "22 x 22"

@@ -20,6 +20,7 @@ from core.inspect import first_layer_filters, select_digit, stage_outputs
 from core.models import ARCHITECTURES, default_model_config
 
 SOURCES = {"shipped": "Shipped model", "run": "Trained run", "config": "Untrained config"}
+DRAFT_CONFIG_KEY = "train_draft_config"  # the Train page keeps its current config here
 DRAW_DIGIT_KEY = "draw_digit"  # the Draw page stores its last PreparedDigit here
 MAPS_PER_STAGE = 16
 MAX_FILTERS = 32
@@ -44,7 +45,14 @@ if source == "config":
     spec = ARCHITECTURES[arch]
     st.caption(f"{spec.description}  \nSource: {spec.paper}")
     model_config = default_model_config(arch)
-    if budget != "none":
+    draft = st.session_state.get(DRAFT_CONFIG_KEY)
+    use_draft = bool(draft) and draft.get("arch") == arch and st.toggle(
+        "Use the config edited on the Train page", value=True, key="inspect_use_draft",
+        help="the kernel shapes, budget and settings currently set on the Train page",
+    )
+    if use_draft:
+        model_config = draft
+    elif budget != "none":
         try:
             fit = fit_to_budget(json.dumps(model_config, sort_keys=True), PRESET_BUDGETS[budget])
         except LabError as error:

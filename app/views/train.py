@@ -23,6 +23,8 @@ from core.training import OPTIMIZERS, SCHEDULERS, TrainConfig, parse_train_confi
 
 BUDGET_CHOICES = ["none", *PRESET_BUDGETS, "custom"]
 
+DRAFT_CONFIG_KEY = "train_draft_config"
+
 store = get_store()
 ensure_worker()
 st.title("Train")
@@ -104,6 +106,8 @@ else:
         with st.expander("Per-stage output size and receptive field"):
             st.dataframe(stage_rows, hide_index=True)
 budget_missed = fit is not None and not fit.within
+if final_config is not None:
+    st.session_state[DRAFT_CONFIG_KEY] = final_config  # the Architecture page can show this config before training
 
 # -- training ---------------------------------------------------------------
 
