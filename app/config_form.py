@@ -160,15 +160,6 @@ def stage_editor(spec: ArchSpec, defaults: list[dict[str, Any]]) -> list[dict[st
     st.session_state.setdefault(version_key, 0)
     has_pool = stage_cls is not None and "pool" in _field_types(stage_cls)
 
-    columns = st.columns([2, 1, 2, 1, 1] if has_pool else [2, 1, 1], vertical_alignment="bottom")
-    kernel = columns[0].selectbox("Kernel for every stage", KERNEL_PRESETS, key=f"kernel_preset_{spec.name}")
-    apply_kernel = columns[1].button("Apply kernel", key=f"apply_preset_{spec.name}")
-    apply_pool = False
-    if has_pool:
-        pool = columns[2].selectbox("Pool for every stage", POOL_PRESETS, key=f"pool_preset_{spec.name}")
-        apply_pool = columns[3].button("Apply pool", key=f"apply_pool_{spec.name}")
-    reset = columns[-1].button("Reset stages", key=f"reset_stages_{spec.name}")
-
     editor_key = f"stage_editor_{spec.name}_{st.session_state[version_key]}"
     edited = st.data_editor(
         pd.DataFrame(st.session_state[rows_key]),
@@ -179,6 +170,17 @@ def stage_editor(spec: ArchSpec, defaults: list[dict[str, Any]]) -> list[dict[st
         width="stretch",
     )
     rows = edited.to_dict("records")
+
+    # The preset row sits below the grid because the grid's toolbar, shown while the
+    # grid has focus, covers the rightmost button of a row above it.
+    columns = st.columns([2, 1, 2, 1, 1] if has_pool else [2, 1, 1], vertical_alignment="bottom")
+    kernel = columns[0].selectbox("Kernel for every stage", KERNEL_PRESETS, key=f"kernel_preset_{spec.name}")
+    apply_kernel = columns[1].button("Apply kernel", key=f"apply_preset_{spec.name}")
+    apply_pool = False
+    if has_pool:
+        pool = columns[2].selectbox("Pool for every stage", POOL_PRESETS, key=f"pool_preset_{spec.name}")
+        apply_pool = columns[3].button("Apply pool", key=f"apply_pool_{spec.name}")
+    reset = columns[-1].button("Reset stages", key=f"reset_stages_{spec.name}")
 
     if apply_kernel or apply_pool or reset:
         if reset:
