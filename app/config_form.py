@@ -31,6 +31,7 @@ STAGE_COLUMNS = {
     "groups": ("groups", "1: full convolution, 0: depthwise (one group per input channel), or a divisor of both channel counts"),
     "pointwise": ("pointwise", "a 1x1 convolution after the spatial one, mixing channels across groups"),
 }
+PAIR_LABELS = {"dilation": "dil"}  # "dilation h" does not fit a small column, so its h and w looked alike
 PAIR_HELP = {
     "kernel_size": "kernel",
     "stride": "stride",
@@ -124,12 +125,12 @@ def _column_config(stage_cls: type) -> dict[str, Any]:
     for name, hint in _field_types(stage_cls).items():
         label, help_text = STAGE_COLUMNS.get(name, (name.replace("_", " "), None))
         if _is_pair(hint):
-            short = name.removesuffix("_size")
+            short = PAIR_LABELS.get(name, name.removesuffix("_size"))
             help_text = PAIR_HELP.get(name, short)
             config[f"{name}_h"] = number(f"{short} h", min_value=1, max_value=28, step=1, help=f"{help_text}, height", width="small")
             config[f"{name}_w"] = number(f"{short} w", min_value=1, max_value=28, step=1, help=f"{help_text}, width", width="small")
         elif hint is bool:
-            config[name] = st.column_config.CheckboxColumn(label, help=help_text, width="small")
+            config[name] = st.column_config.CheckboxColumn(label, help=help_text)
         elif hint is int:
             config[name] = number(label, min_value=0 if name == "groups" else 1, step=1, help=help_text, width="small")
         elif hint is float:
