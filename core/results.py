@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,18 @@ def _recipe(record: dict[str, Any]) -> str:
     return ", ".join(parts) or "defaults"
 
 
+def _command(arch: str, record: dict[str, Any]) -> str:
+    """Return the recorded training command with its machine-specific paths replaced by their roles.
+
+    The data folder becomes DATA_DIR, and the export path becomes the shipped file it was copied to.
+    """
+    command = record.get("command")
+    if not command:
+        return "not recorded"
+    command = re.sub(r"--data-dir \S+", "--data-dir DATA_DIR", command)
+    return re.sub(r"--export \S+", f"--export checkpoints/{arch}.safetensors", command)
+
+
 def _row(arch: str, record: dict[str, Any]) -> str:
     cost = model_cost(record["model_config"])
     accuracy = record["test_accuracy"]
@@ -104,11 +117,13 @@ def results_table(directory: str | os.PathLike) -> str:
         HEADER,
         _row(PRESET, preset),
         "",
-        f"Recipe: {_recipe(preset)}. Command: `{preset.get('command', 'not recorded')}`",
+        f"Recipe: {_recipe(preset)}. Command: `{_command(PRESET, preset)}`",
         "",
         "### Commands",
         "",
-        *[f"- `{arch}`: `{records[arch].get('command', 'not recorded')}`" for arch in ARCHITECTURES],
+        "Each shipped model was trained by this command (the data folder written as DATA_DIR):",
+        "",
+        *[f"- `{arch}`: `{_command(arch, records[arch])}`" for arch in ARCHITECTURES],
     ]
     return "\n".join(lines)
 

@@ -325,7 +325,7 @@ def test_compare_page_shows_odd_names(app_store):
 
 def test_hidden_sizes_markup_escaped(app_store):
     at = open_train()
-    at.text_input(key="hidden_sizes").set_value("64, ![x](http://127.0.0.1:9/x.png)").run()
+    at.text_input(key="dense_hidden_sizes").set_value("64, ![x](http://127.0.0.1:9/x.png)").run()
 
     message = errors(at)[0]
     assert "\\!\\[x\\]" in message
