@@ -18,6 +18,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core.analysis import format_count
+
 from core.models import ArchSpec
 
 KERNEL_PRESETS = ["(3, 3)", "(5, 5)", "(7, 7)", "(1, 7)", "(7, 1)", "(1, 3)", "(3, 1)"]
@@ -260,3 +262,12 @@ def _parse_int_list(name: str, text: str) -> tuple[list[int], str | None]:
     if invalid:
         return [], f"{name} must be whole numbers separated by commas; {invalid[0]!r} is not one"
     return [int(part) for part in parts], None
+
+
+def cost_metrics(cost: dict[str, Any]) -> None:
+    """Show parameters, FLOPs and receptive field side by side, as the Train and Architecture pages do."""
+    params_col, flops_col, rf_col = st.columns(3)
+    params_col.metric("Parameters", f"{cost['params']:,}", help=format_count(cost["params"]))
+    flops_col.metric("FLOPs (multiply-adds)", f"{cost['flops']:,}", help=f"{format_count(cost['flops'])} per 28x28 image")
+    height, width = cost["receptive_field"]
+    rf_col.metric("Receptive field (h x w)", f"{height} x {width}", help="input pixels that the last stage reads, per axis")

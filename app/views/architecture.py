@@ -9,9 +9,9 @@ import numpy as np
 import streamlit as st
 
 from app.charts import image_grid_figure, stage_diagram
+from app.config_form import cost_metrics
 from app.escaping import escape_markdown
 from app.services import describe_config, describe_cost, fit_to_budget, get_store, list_models, mnist_test_set, stage_table
-from core.analysis import format_count
 from core.budget import PRESET_BUDGETS
 from core.data import resolve_data_dir
 from core.errors import LabError
@@ -85,10 +85,7 @@ cost = describe_cost(json.dumps(described["config"], sort_keys=True))
 
 # -- cost and structure -------------------------------------------------------
 
-params_col, flops_col, rf_col = st.columns(3)
-params_col.metric("Parameters", f"{cost['params']:,}", help=format_count(cost["params"]))
-flops_col.metric("FLOPs (multiply-adds)", f"{cost['flops']:,}", help=f"{format_count(cost['flops'])} per 28x28 image")
-rf_col.metric("Receptive field (h x w)", "{} x {}".format(*cost["receptive_field"]), help="input pixels that the last stage sees, per axis")
+cost_metrics(cost)
 
 st.subheader("Stages")
 st.graphviz_chart(stage_diagram(cost["stages"], arch=described["config"]["arch"]))

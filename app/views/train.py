@@ -9,10 +9,9 @@ import time
 import streamlit as st
 
 from app.charts import accuracy_figure, loss_figure
-from app.config_form import settings_fields, settings_form, stage_editor
+from app.config_form import cost_metrics, settings_fields, settings_form, stage_editor
 from app.escaping import escape_markdown
 from app.services import REFRESH_S, config_changes, describe_config, describe_cost, ensure_worker, fit_to_budget, get_store, stage_table
-from core.analysis import format_count
 from core.budget import MAX_BUDGET, MIN_BUDGET, PRESET_BUDGETS
 from core.devices import available_devices
 from core.errors import LabError
@@ -91,10 +90,7 @@ if config_error:
     final_config = None
 else:
     cost = describe_cost(json.dumps(final_config, sort_keys=True))
-    params_col, flops_col, rf_col = st.columns(3)
-    params_col.metric("Parameters", f"{cost['params']:,}", help=format_count(cost["params"]))
-    flops_col.metric("FLOPs (multiply-adds)", f"{cost['flops']:,}", help=f"{format_count(cost['flops'])} per 28x28 image")
-    rf_col.metric("Receptive field (h x w)", "{} x {}".format(*cost["receptive_field"]), help="input pixels that the last stage sees, per axis")
+    cost_metrics(cost)
     if fit is not None:
         changed = [change for change in config_changes(described["config"], fit.config) if not change.startswith("width_mult")]
         also = f"; the fit also set {', '.join(changed)}" if changed else ""
