@@ -64,12 +64,14 @@ def _recipe(record: dict[str, Any]) -> str:
 def _command(arch: str, record: dict[str, Any]) -> str:
     """Return the recorded training command with its machine-specific paths replaced by their roles.
 
-    The data folder becomes DATA_DIR, and the export path becomes the shipped file it was copied to.
+    The data folder becomes DATA_DIR, the store the Makefile's runs/pretrained, and the export path
+    the shipped file it was copied to.
     """
     command = record.get("command")
     if not command:
         return "not recorded"
     command = re.sub(r"--data-dir \S+", "--data-dir DATA_DIR", command)
+    command = re.sub(r"--store \S+", "--store runs/pretrained", command)
     return re.sub(r"--export \S+", f"--export checkpoints/{arch}.safetensors", command)
 
 
@@ -121,7 +123,8 @@ def results_table(directory: str | os.PathLike) -> str:
         "",
         "### Commands",
         "",
-        "Each shipped model was trained by this command (the data folder written as DATA_DIR):",
+        "Each shipped model was trained by this command (the data folder written as DATA_DIR, the store and",
+        "export paths as the Makefile sets them):",
         "",
         *[f"- `{arch}`: `{_command(arch, records[arch])}`" for arch in ARCHITECTURES],
     ]

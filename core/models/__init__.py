@@ -151,13 +151,13 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ArchSpec(
             "cnn_best",
             "CNN, best-accuracy preset",
-            "Five conv-BatchNorm-ReLU stages (two per resolution), dropout 0.25, trained 15 epochs with augmentation.",
+            "Five conv-BatchNorm-ReLU stages (two per resolution), dropout 0.25, trained 25 epochs with augmentation.",
             "Simard et al. 2003, Best practices for CNNs applied to visual document analysis (ICDAR)",
             BestCNNConfig,
             CNN,
             has_stages=True,
             has_depthwise=False,
-            recipe={"epochs": 15, "augment": True},
+            recipe={"epochs": 25, "augment": True},
         ),
     ]
 }
