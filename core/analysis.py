@@ -5,8 +5,8 @@ FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one
 computed. We report multiply-adds (FlopCounterMode counts a multiply-add as 2
 FLOPs, so its total is halved), the convention of the MobileNet and
 EfficientNet papers. Grouped and depthwise convolutions and attention matmuls
-are counted by the library's own formulas; element-wise work (activations,
-normalisation, pooling) is not counted by it, and so not here either.
+are counted by the library's own formulas. The library does not count
+element-wise work (activations, normalisation, pooling), so neither does this module.
 """
 
 from __future__ import annotations

@@ -267,7 +267,7 @@ def test_train_kernel_too_large_blocks_start(app_store):
     from app.config_form import stages_to_rows
 
     stages = default_model_config("cnn")["stages"]
-    stages[2]["kernel_size"] = [9, 9]  # stage 3 sees 7x7 after two 2x2 pools
+    stages[2]["kernel_size"] = [9, 9]  # stage 3 reads 7x7 after two 2x2 pools
     at = _open_train(arch="cnn", stage_rows_cnn=stages_to_rows(stages), stage_version_cnn=0)
 
     assert not at.exception

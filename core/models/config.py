@@ -164,7 +164,7 @@ class ReceptiveField:
     """Receptive field per axis (height, width) along a network's main path, in input pixels.
 
     The theoretical field: it may exceed the 28x28 image, which then means the
-    stage sees all of it. Attention, dense layers and capsule routing mix every
+    stage reads all of it. Attention, dense layers and capsule routing mix every
     position, so ``whole_image`` sets the field to at least the image size.
     """
 
@@ -179,7 +179,7 @@ class ReceptiveField:
         return self
 
     def pool(self, window) -> "ReceptiveField":
-        """A pooling window with stride equal to its size."""
+        """Add a pooling window whose stride equals its size."""
         return self.conv(window, window)
 
     def whole_image(self) -> "ReceptiveField":

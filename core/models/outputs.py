@@ -1,4 +1,4 @@
-"""How the shared engine turns a model's output into a loss and class probabilities.
+"""Loss and class probabilities from a model's output, for the shared training engine.
 
 Most models return logits: cross-entropy trains them and softmax reads them.
 A model with another output (CapsNet returns capsule lengths and trains with a

@@ -22,3 +22,29 @@ def chromium_ready() -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{reason}; the CI variable is set, so the browser tests must run")
     pytest.skip(reason)
+
+
+VIEWPORT = {"width": 1400, "height": 2000}
+PAGE_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_ready):
+    """One headless Chromium per test module."""
+    from playwright.sync_api import sync_playwright
+
+    from scripts.browser import launch_chromium
+
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A page in a fresh browser context, so a new Streamlit session with its own state."""
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    yield context.new_page()
+    context.close()

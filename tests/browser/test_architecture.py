@@ -11,15 +11,13 @@ from __future__ import annotations
 import pytest
 
 from core.store import RunStore
-from scripts.browser import free_port, launch_chromium, start_app, stop_app
+from scripts.browser import free_port, start_app, stop_app
 from tests.browser.streamlit_dom import LIVE_LOSS_POINTS_JS
 from tests.browser.test_pages import fill_tiny_run, open_page, wait_until_settled
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.browser
 
-VIEWPORT = {"width": 1400, "height": 2000}
-PAGE_TIMEOUT_MS = 60_000
 RUN_NAME = "kernel 1x7 run"
 
 # Plotly trace types of each drawn chart on the page, keyed by the chart's displayed title.
@@ -33,24 +31,6 @@ def app(tmp_path_factory, data_dir, chromium_ready):
     server = start_app(free_port(), store, {"MNIST_DATA_DIR": str(data_dir)})
     yield server
     stop_app(server)
-
-
-@pytest.fixture(scope="module")
-def browser(chromium_ready):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(PAGE_TIMEOUT_MS)
-    yield context.new_page()
-    context.close()
 
 
 def choose(page, label: str, option: str) -> None:

@@ -15,15 +15,13 @@ import pytest
 
 from core.store import RunStore
 from core.worker import TRAINING_NICE
-from scripts.browser import draw_seven, free_port, launch_chromium, start_app, stop_app
+from scripts.browser import draw_seven, free_port, start_app, stop_app
 from tests.browser.streamlit_dom import LIVE_LOSS_POINTS_JS, SCRIPT_STATE_SELECTOR
 from tests.helpers import REPO_ROOT, wait_for
 
 pytestmark = pytest.mark.browser
 
 SHIPPED_LABELS = sorted(f"{path.stem} (shipped)" for path in (REPO_ROOT / "checkpoints").glob("*.safetensors"))
-VIEWPORT = {"width": 1400, "height": 2000}
-PAGE_TIMEOUT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
@@ -32,25 +30,6 @@ def app(tmp_path_factory, data_dir, chromium_ready):
     server = start_app(free_port(), store, {"MNIST_DATA_DIR": str(data_dir)})
     yield server
     stop_app(server)
-
-
-@pytest.fixture(scope="module")
-def browser(chromium_ready):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    """A page in a fresh browser context, so a new Streamlit session with its own state."""
-    context = browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(PAGE_TIMEOUT_MS)
-    yield context.new_page()
-    context.close()
 
 
 def open_page(page, app, path: str, title: str) -> None:
