@@ -65,9 +65,21 @@ class KeepStates(Callbacks):
         self.paths.append(save_training_state(self.folder / f"epoch{state['epoch']}.safetensors", state))
 
 
-@pytest.mark.parametrize("train_extra", [{"optimizer": "adamw"}, {"optimizer": "sgd", "scheduler": "cosine"}])
-def test_resume_matches_uninterrupted(mnist, tmp_path, train_extra):
-    model_config = {"arch": "dense", "dropout": 0.2}  # dropout: the random stream must continue too
+DENSE = {"arch": "dense", "dropout": 0.2}  # dropout: the random stream must continue too
+# Its 4-d weights train in channels_last with fused AdamW, so the loaded optimizer state must follow their layout.
+SMALL_CNN = {"arch": "cnn", "stages": [{"channels": 8}, {"channels": 16}]}
+
+
+@pytest.mark.parametrize(
+    "model_config, train_extra",
+    [
+        (DENSE, {"optimizer": "adamw"}),
+        (DENSE, {"optimizer": "sgd", "scheduler": "cosine"}),
+        (SMALL_CNN, {"optimizer": "adamw", "train_subset": 640}),
+    ],
+    ids=["dense-adamw", "dense-sgd", "cnn-adamw"],
+)
+def test_resume_matches_uninterrupted(mnist, tmp_path, model_config, train_extra):
     train_config = {"epochs": 3, "train_subset": 2000, "batch_size": 64, "device": "cpu", **train_extra}
     states = KeepStates(tmp_path)
     whole = train(model_config, train_config, data=mnist, callbacks=states)

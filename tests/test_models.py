@@ -356,3 +356,26 @@ def test_engine_steps_lower_the_loss(arch, mnist):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0], losses
+
+
+@pytest.mark.parametrize("pointwise", [False, True])
+def test_relu_after_pool_matches_relu_before(pointwise):
+    """The CNN applies ReLU after max pooling; values and gradients equal the usual order."""
+    torch.manual_seed(0)
+    model = build_model({"arch": "cnn", "stages": [{"channels": 8, "pointwise": pointwise}]}).train()
+    stage = model.stages[0]
+    block = stage[1] if pointwise else stage[0]  # the conv-BatchNorm block that ends the stage
+    pool, relu = stage[-2], stage[-1]
+    assert isinstance(pool, torch.nn.MaxPool2d) and isinstance(relu, torch.nn.ReLU)
+
+    x = torch.randn(4, 1, 28, 28)
+    swapped = stage(x)
+    swapped.square().sum().backward()
+    swapped_grad = block[0].weight.grad.clone()
+    block[0].weight.grad = None
+
+    before_block = stage[0](x) if pointwise else x
+    usual = pool(torch.relu(block(before_block)))
+    usual.square().sum().backward()
+    assert torch.allclose(swapped, usual)
+    assert torch.allclose(swapped_grad, block[0].weight.grad)
