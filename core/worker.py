@@ -25,7 +25,7 @@ import time
 import types
 from pathlib import Path
 
-from core.errors import StoreError
+from core.errors import ConfigError, StoreError
 from core.store import RunStore, pid_alive
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ def training_process_main(store_root: str, run_id: int, data_dir: str | None) ->
     """Entry point of a training process: execute one run that the worker already claimed."""
     _configure_logging()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the app's terminal reaches the worker, which stops this process
+    import torch
+
+    from core.devices import configure_threads
     from core.runner import RunInterrupted, execute_run
 
     def interrupt(signum: int, frame) -> None:
@@ -63,6 +66,12 @@ def training_process_main(store_root: str, run_id: int, data_dir: str | None) ->
     _stop_when_orphaned(os.getppid())
     _apply_memory_limit()
     os.nice(TRAINING_NICE)
+    try:
+        threads = configure_threads()  # $MNIST_LAB_THREADS, else one per core
+    except ConfigError as error:
+        threads = torch.get_num_threads()
+        log.warning("run %d: %s; training with %d threads", run_id, error, threads)
+    log.debug("run %d: %d CPU threads", run_id, threads)
     store = RunStore(store_root)
     store.set_pid(run_id, os.getpid())
     execute_run(store, run_id, data_dir=data_dir)
