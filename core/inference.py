@@ -102,7 +102,7 @@ def load_cached(path: str | os.PathLike) -> LoadedModel:
 def predict_probabilities(model: LoadedModel, tensor: torch.Tensor) -> torch.Tensor:
     """Return class probabilities (B, 10) for normalised inputs (B, 1, 28, 28).
 
-    Under inference mode PyTorch records no autograd state at all, which is cheaper than
-    ``no_grad``; the result cannot be used in training, and no caller does that.
+    Under inference mode PyTorch records no autograd state at all, so it is cheaper than
+    ``no_grad``. The result cannot be used in training, and no caller does that.
     """
     return probabilities(model.model, model.model(tensor.to(torch.float32)))

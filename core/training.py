@@ -61,8 +61,8 @@ class TrainConfig:
     elastic: bool = False  # elastic distortion on top of the affine transform (needs augment)
     elastic_alpha: float = 2.0  # largest displacement, in pixels
     elastic_sigma: float = 4.0  # smoothing of the displacement field, in pixels
-    # torch.compile the model for training. It pays off on CUDA; on a 2-core CPU it took 25 s to
-    # compile the CNN and its steps were slower than eager ones (92 ms against 59 ms).
+    # torch.compile the model for training, meant for CUDA (not measured here). On a 2-core CPU it took
+    # 25 s to compile the CNN, and its steps were slower than eager ones (92 ms against 59 ms).
     compile: bool = False
 
     def augment_settings(self) -> AugmentSettings | None:
