@@ -21,7 +21,7 @@ EPOCHS_vit := 12
 EPOCHS_capsnet := 6
 PRETRAINED := $(foreach arch,$(PRETRAINED_ARCHS),checkpoints/$(arch).safetensors)
 
-.PHONY: setup app test train pretrained results clean
+.PHONY: setup app test train bench pretrained results clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,12 @@ test: setup
 
 train: setup
 	$(PY) -m core train --data-dir $(DATA_DIR) --arch $(ARCH) $(if $(EPOCHS),--epochs $(EPOCHS))
+
+# The full benchmark (about 10 minutes on 2 cores) rewrites the results in docs/benchmarks.md;
+# `make bench BENCH_ARGS=--quick` checks that every figure comes out, in about a minute.
+BENCH_ARGS ?=
+bench: setup
+	$(PY) -m core bench --data-dir $(DATA_DIR) $(BENCH_ARGS) $(if $(BENCH_ARGS),,--markdown docs/benchmarks.md)
 
 # Trains each missing shipped model with the project's own CLI on full MNIST (seed 0, 68k budget),
 # in a separate store. `make pretrained` retrains all of them; `make results` trains the missing

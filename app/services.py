@@ -16,10 +16,12 @@ import threading
 from typing import Any, Mapping
 
 import streamlit as st
+import torch
 
 from core.analysis import model_cost
 from core.budget import BudgetFit, fit_budget
 from core.data import load_raw, resolve_data_dir
+from core.devices import INFERENCE_THREADS
 from core.errors import ConfigError, LabError
 from core.inference import ModelEntry, run_models, shipped_models
 from core.models import check_model_size, normalize_model_config, stage_plan
@@ -27,6 +29,8 @@ from core.store import RunStore, resolve_store_dir
 from core.worker import start_worker, worker_running
 
 log = logging.getLogger(__name__)
+
+torch.set_num_threads(INFERENCE_THREADS)  # this process classifies drawings; workers train with their own threads
 
 REFRESH_ENV = "MNIST_LAB_REFRESH_S"  # seconds between live chart refreshes; the load test sets 0.5
 DEFAULT_REFRESH_S = 2.0
@@ -131,22 +135,6 @@ def describe_cost(config_json: str) -> dict[str, Any]:
         "stages": cost.stages,
         "layers": [dataclasses.asdict(layer) for layer in cost.layers],
     }
-
-
-def cost_summary(model_config: dict[str, Any], info: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Return "flops" and "receptive_field" from a saved record, measuring them when it lacks them.
-
-    Records written before FLOPs were measured have neither; a config that no
-    longer builds gets None for both.
-    """
-    info = info or {}
-    if info.get("flops") is not None and info.get("receptive_field"):
-        return {"flops": info["flops"], "receptive_field": tuple(info["receptive_field"])}
-    try:
-        cost = describe_cost(json.dumps(model_config, sort_keys=True))
-    except LabError:
-        return {"flops": None, "receptive_field": None}
-    return {"flops": cost["flops"], "receptive_field": cost["receptive_field"]}
 
 
 @st.cache_data(show_spinner="Fitting the width to the budget...", max_entries=256)

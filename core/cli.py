@@ -6,8 +6,8 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
-from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError, LabError
@@ -139,8 +139,10 @@ def cmd_archs(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from core.devices import configure_threads
     from core.runner import execute_run, export_run
 
+    configure_threads(args.threads)
     store, run_id = _resume_run(args) if args.resume is not None else _create_run(args)
     arch = store.get_run(run_id)["arch"]
     bar = tqdm(total=None, unit="step", disable=args.json or not sys.stderr.isatty() and not args.progress, file=sys.stderr)
@@ -219,7 +221,8 @@ def _create_run(args: argparse.Namespace) -> tuple[Any, int]:
     model_config = default_model_config(args.arch)
     train_config: dict[str, Any] = default_train_settings(args.arch)  # the architecture's recipe, then the options
     for option, key in (("epochs", "epochs"), ("device", "device"), ("seed", "seed"), ("train_subset", "train_subset"),
-                        ("lr", "lr"), ("batch_size", "batch_size"), ("augment", "augment"), ("elastic", "elastic")):
+                        ("lr", "lr"), ("batch_size", "batch_size"), ("augment", "augment"), ("elastic", "elastic"),
+                        ("compile", "compile")):
         if getattr(args, option) is not None:
             train_config[key] = getattr(args, option)
     apply_overrides(model_config, train_config, args.set or [])
@@ -249,7 +252,7 @@ def _fit_to_budget(model_config: dict[str, Any], args: argparse.Namespace) -> di
 
 # Options that set a config; a resumed run keeps the config it was started with.
 RESUME_CONFLICTS = ("arch", "epochs", "device", "seed", "lr", "batch_size", "train_subset", "name", "set", "budget",
-                    "augment", "elastic")
+                    "augment", "elastic", "compile")
 
 
 def _resume_run(args: argparse.Namespace) -> tuple[Any, int]:
@@ -374,6 +377,22 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from core.bench import markdown_report, run_benchmark, write_report
+    from core.devices import configure_threads
+
+    configure_threads(args.threads)
+    options = {"checkpoints": args.checkpoints} if args.checkpoints else {}
+    results = run_benchmark(args.data_dir, quick=args.quick, device=args.device, **options)
+    command = " ".join(["python -m core"] + sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "python -m core bench"
+    command = re.sub(r"--data-dir \S+", "--data-dir DATA_DIR", command)  # no machine-specific path in the report
+    if args.markdown:
+        path = write_report(results, command, args.markdown)
+        print(f"wrote the benchmark report into {path}", file=sys.stderr)
+    _print(args, results, markdown_report(results, command))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from core.worker import worker_main
 
@@ -434,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", action="store_true", default=None,
                    help="random affine augmentation per batch (rotation, shift, scale, shear; tune with --set rotate_deg=...)")
     p.add_argument("--elastic", action="store_true", default=None, help="add elastic distortion to --augment")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model at the first step; meant for CUDA, slower than eager on a 2-core CPU")
+    p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default $MNIST_LAB_THREADS or one per core)")
     p.add_argument("--export", default=None, metavar="PATH", help="also write the weights to PATH (.safetensors, with a .json beside it)")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     p.add_argument("--json", action="store_true", help="print one JSON object with run_id, arch, params, test_accuracy, wall_time_s")
@@ -468,6 +490,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", default="checkpoints", help="folder of .safetensors files with .json records (default checkpoints)")
     p.add_argument("--output", default="docs/results.md", help="Markdown file whose results section is replaced (default docs/results.md)")
     p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("bench", parents=[common], help="time training, inference, the Draw path and the store on this machine",
+                       description="Train the dense net and the CNN with this engine and with the PyTorch tutorial's "
+                                   "pipeline in one process, time the CNN preset to 99%% test accuracy over 3 seeds, "
+                                   "and time every shipped model's inference, the Draw path and a store of 1,000 runs. "
+                                   "About 10 minutes on a 2-core CPU; --quick takes under a minute.")
+    p.add_argument("--quick", action="store_true", help="every part on a small scale, to check that all figures come out")
+    p.add_argument("--json", action="store_true", help="print all figures as JSON with the hardware, versions and thread count")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="training device (default auto: cuda, then mps, then cpu)")
+    p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default $MNIST_LAB_THREADS or one per core)")
+    p.add_argument("--checkpoints", default=None, help="folder of the models to time (default: the shipped checkpoints/)")
+    p.add_argument("--markdown", default=None, metavar="FILE",
+                   help="also write the report between the <!-- bench:begin/end --> markers of FILE, e.g. docs/benchmarks.md")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("worker", parents=[common], help="run the background worker in the foreground (the app starts one itself)")
     p.set_defaults(func=cmd_worker)

@@ -203,6 +203,17 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return standardize(to_unit(images))
 
 
+def split_indices(count: int = 60000, split_seed: int = SPLIT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (validation, training) indices into the official training set: 5,000 and the rest, shuffled."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(split_seed))
+    return order[:VAL_SIZE], order[VAL_SIZE:]
+
+
+def clear_cache() -> None:
+    """Forget the images ``load_raw`` keeps, so the next load reads the IDX files again (a cold start)."""
+    _RAW_CACHE.clear()
+
+
 def load_mnist(
     data_dir: str | os.PathLike | None = None,
     *,
@@ -220,9 +231,7 @@ def load_mnist(
     """
     train_images, train_labels, test_images, test_labels = load_raw(data_dir, download=download)
 
-    generator = torch.Generator().manual_seed(split_seed)
-    order = torch.randperm(len(train_images), generator=generator)
-    val_index, train_index = order[:VAL_SIZE], order[VAL_SIZE:]
+    val_index, train_index = split_indices(len(train_images), split_seed)
     if train_subset is not None:
         if not 1 <= train_subset <= len(train_index):
             raise DataError(f"train_subset must be between 1 and {len(train_index)}, got {train_subset}")

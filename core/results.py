@@ -131,14 +131,22 @@ def results_table(directory: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+def replace_section(output: str | os.PathLike, begin: str, end: str, text: str, *, title: str) -> Path:
+    """Replace what lies between the ``begin`` and ``end`` markers in ``output`` with ``text``.
+
+    A missing file is created with a ``title`` heading and the markers; a file without the
+    markers is left untouched and reported, because the text around them is written by hand.
+    """
+    output = Path(output)
+    current = output.read_text() if output.exists() else f"# {title}\n\n{begin}\n{end}\n"
+    if begin not in current or end not in current:
+        raise LabError(f"{output} has no {begin} ... {end} markers; add them where the generated part belongs")
+    head, rest = current.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    output.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+    return output
+
+
 def write_results(directory: str | os.PathLike, output: str | os.PathLike) -> Path:
     """Replace the table between the markers in ``output`` (created with them if missing)."""
-    output = Path(output)
-    table = results_table(directory)
-    text = output.read_text() if output.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        raise LabError(f"{output} has no {BEGIN} ... {END} markers; add them where the table belongs")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    output.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
-    return output
+    return replace_section(output, BEGIN, END, results_table(directory), title="Results")

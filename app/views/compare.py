@@ -5,44 +5,17 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts import accuracy_figure, confusion_figure, loss_figure, params_figure
-from app.services import cost_summary, get_store, list_models
+from app.services import get_store, list_models
+from core.compare import TABLE_COLUMNS, curves, table_rows
 from core.errors import LabError
 from core.store import ACTIVE_STATUSES
-
-
-def _rf_text(receptive_field) -> str | None:
-    return "{} x {}".format(*receptive_field) if receptive_field else None
-
 
 store = get_store()
 st.title("Compare")
 
 runs = store.list_runs()
 shipped = [m for m in list_models(store) if m.key.startswith("shipped:")]
-
-rows = []
-for model in shipped:
-    info = model.info
-    cost = cost_summary(info.get("model_config") or {}, info)
-    rows.append(
-        {
-            "key": model.key, "name": model.label, "architecture": model.arch, "params": model.params,
-            "flops": cost["flops"], "receptive_field": _rf_text(cost["receptive_field"]),
-            "best_val_accuracy": info.get("best_val_accuracy"), "test_accuracy": model.test_accuracy,
-            "epochs": info.get("epochs_completed"), "training_time_s": info.get("wall_time_s"),
-            "device": info.get("device"), "status": "shipped",
-        }
-    )
-for run in runs:
-    cost = cost_summary(run["model_config"], run)
-    rows.append(
-        {
-            "key": f"run:{run['id']}", "name": f"#{run['id']} {run['name']}", "architecture": run["arch"], "params": run["params"],
-            "flops": cost["flops"], "receptive_field": _rf_text(cost["receptive_field"]),
-            "best_val_accuracy": run["best_val_accuracy"], "test_accuracy": run["test_accuracy"],
-            "epochs": run["epochs_completed"], "training_time_s": run["wall_time_s"], "device": run["device"], "status": run["status"],
-        }
-    )
+rows = table_rows(runs, shipped)
 
 if not rows:
     st.info("Nothing to compare yet: train a model on the Train page.")
@@ -59,7 +32,7 @@ event = st.dataframe(
     on_select="rerun",
     selection_mode="multi-row",
     hide_index=True,
-    column_order=["name", "architecture", "params", "flops", "receptive_field", "best_val_accuracy", "test_accuracy", "epochs", "training_time_s", "device", "status"],
+    column_order=list(TABLE_COLUMNS),
     column_config={
         "params": st.column_config.NumberColumn("parameters", format="localized"),
         "flops": st.column_config.NumberColumn("FLOPs (multiply-adds)", format="localized", help="per 28x28 image"),
@@ -75,17 +48,7 @@ selected_keys = {r["key"] for r in selected}
 st.plotly_chart(params_figure(rows, selected_keys), key="params_chart")
 
 if selected:
-    histories = {r["key"]: r for r in selected}
-    run_ids = [int(k.split(":")[1]) for k in histories if k.startswith("run:")]
-    names, steps, epochs = {}, store.step_metrics(run_ids), store.epoch_metrics(run_ids)
-    for run_id in run_ids:
-        names[run_id] = histories[f"run:{run_id}"]["name"]
-    # Shipped models carry their own curves in their checkpoint's JSON; give them negative ids.
-    for index, model in enumerate(m for m in shipped if m.key in selected_keys):
-        fake_id = -(index + 1)
-        names[fake_id] = model.label
-        epochs += [{**e, "run_id": fake_id} for e in model.info.get("history", {}).get("epochs", [])]
-        steps += [{**s, "run_id": fake_id} for s in model.info.get("history", {}).get("steps", [])]
+    names, steps, epochs = curves(store, selected, shipped)
 
     log_y = st.toggle("Log-scale loss", key="compare_log")
     left, right = st.columns(2)
