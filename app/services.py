@@ -114,14 +114,18 @@ def describe_config(config_json: str) -> dict[str, Any]:
         return {"config": None, "params": None, "plan": [], "error": str(error)}
 
 
-def list_models(store: RunStore) -> list[ModelEntry]:
-    """Shipped models first, then completed runs."""
-    entries = []
+def list_shipped() -> list[ModelEntry]:
+    """Return the shipped models, or none with a warning when a checkpoint cannot be read."""
     try:
-        entries += shipped_models()
+        return shipped_models()
     except LabError as error:
         st.warning(f"A shipped checkpoint could not be read: {error}")
-    return entries + run_models(store)
+        return []
+
+
+def list_models(store: RunStore) -> list[ModelEntry]:
+    """Return the shipped models first, then the completed runs."""
+    return list_shipped() + run_models(store)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

@@ -134,7 +134,7 @@ def results_table(directory: str | os.PathLike) -> str:
 def replace_section(output: str | os.PathLike, begin: str, end: str, text: str, *, title: str) -> Path:
     """Replace what lies between the ``begin`` and ``end`` markers in ``output`` with ``text``.
 
-    A missing file is created with a ``title`` heading and the markers; a file without the
+    A missing file is created with a ``title`` heading and the markers. A file without the
     markers is left untouched and reported, because the text around them is written by hand.
     """
     output = Path(output)

@@ -35,7 +35,9 @@ def test_environment_lists_hardware_and_versions(quick):
     environment = quick[0]["environment"]
     assert environment["device"] == "cpu"
     assert environment["threads"] >= 1
-    assert environment["torch"] and environment["torchvision"] and environment["python"]
+    assert environment["torch"]
+    assert environment["torchvision"]
+    assert environment["python"]
     assert "cores" in environment["machine"]
 
 
@@ -44,21 +46,25 @@ def test_pipelines_reach_comparable_accuracy(quick, arch):
     row = quick[0]["throughput"][arch]
     engine, reference = row["engine"], row["reference"]
     for figures in (engine, reference):
-        assert positive(figures["images_per_s"]) and positive(figures["epoch_time_s"])
+        assert positive(figures["images_per_s"])
+        assert positive(figures["epoch_time_s"])
         assert figures["epochs"] == 1
     assert abs(row["params"] - 68_000) <= TOLERANCE * 68_000
     assert row["speedup"] == pytest.approx(engine["images_per_s"] / reference["images_per_s"])
     # Same model, data, optimizer and schedule; only the batch order and the pipeline differ.
-    assert engine["test_accuracy"] > 0.5 and reference["test_accuracy"] > 0.5
+    assert engine["test_accuracy"] > 0.5
+    assert reference["test_accuracy"] > 0.5
     assert abs(engine["test_accuracy"] - reference["test_accuracy"]) < 0.1
 
 
 def test_time_to_accuracy_reports_each_seed(quick):
     preset = quick[0]["time_to_accuracy"]
-    assert preset["arch"] == "cnn" and preset["reached_all"]
+    assert preset["arch"] == "cnn"
+    assert preset["reached_all"]
     (seed,) = preset["seeds"]
     assert seed["epoch"] == 1
-    assert positive(seed["data_load_s"]) and positive(seed["train_s"])
+    assert positive(seed["data_load_s"])
+    assert positive(seed["train_s"])
     assert seed["wall_s"] > seed["train_s"]  # the cold start adds loading the data and building the model
     assert seed["epochs"][0]["test_accuracy"] >= preset["target_accuracy"]
     assert preset["train_s"]["mean"] == pytest.approx(seed["train_s"])
@@ -69,7 +75,8 @@ def test_inference_covers_every_shipped_model(quick):
     assert set(inference["models"]) == {entry.path.stem for entry in shipped_models()}
     for figures in inference["models"].values():
         assert 0 < figures["p50_ms"] <= figures["p95_ms"]
-        assert positive(figures["images_per_s"]) and figures["batch"] == 256
+        assert positive(figures["images_per_s"])
+        assert figures["batch"] == 256
     assert inference["slowest_p50_ms"] == max(m["p50_ms"] for m in inference["models"].values())
 
 
@@ -80,14 +87,16 @@ def test_draw_path_and_store_figures(quick):
     assert 0 < draw["p50_ms"] <= draw["p95_ms"]
     assert store["table_rows"] == store["runs"] + len(shipped_models())
     assert store["curve_points"] == store["curve_runs"] * store["points_per_run"]
-    assert positive(store["table_s"]) and positive(store["curves_s"])
+    assert positive(store["table_s"])
+    assert positive(store["curves_s"])
 
 
 def test_targets_and_markdown_report(quick):
     figures, report = quick
     assert [check["name"] for check in figures["targets"]] == [name for name, _, _ in CPU_TARGETS]
     text = report.read_text()
-    assert BEGIN in text and END in text
+    assert BEGIN in text
+    assert END in text
     assert "python -m core bench --quick" in text
     for heading in ("Training: engine against the tutorial pipeline", "Time to 50.0% test accuracy", "Draw path", "Run store"):
         assert heading in text

@@ -19,7 +19,8 @@ QUICK_RUN = {"epochs": 1, "train_subset": 512, "batch_size": 64, "device": "cpu"
 def test_channels_last_weights_save_loadable(mnist, tmp_path):
     result = training_module.train(SMALL_CNN, QUICK_RUN, data=mnist)
     weight = result.model.stages[1][0][0].weight  # the second stage's convolution (8 input channels)
-    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert not weight.is_contiguous()
 
     path = save_checkpoint(tmp_path / "cnn.safetensors", result.model, result.model_config, {})
     loaded = load_checkpoint(path)

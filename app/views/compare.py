@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.charts import accuracy_figure, confusion_figure, loss_figure, params_figure
-from app.services import get_store, list_models
+from app.services import get_store, list_shipped
 from core.compare import TABLE_COLUMNS, curves, table_rows
 from core.errors import LabError
 from core.store import ACTIVE_STATUSES
@@ -14,7 +14,7 @@ store = get_store()
 st.title("Compare")
 
 runs = store.list_runs()
-shipped = [m for m in list_models(store) if m.key.startswith("shipped:")]
+shipped = list_shipped()
 rows = table_rows(runs, shipped)
 
 if not rows:

@@ -29,6 +29,17 @@ PAGE_TIMEOUT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
+def app(tmp_path_factory, data_dir, chromium_ready):
+    """One `streamlit run` server per test module, on a free port with an empty run store."""
+    from scripts.browser import free_port, start_app, stop_app
+
+    store = tmp_path_factory.mktemp("browser-store")
+    server = start_app(free_port(), store, {"MNIST_DATA_DIR": str(data_dir)})
+    yield server
+    stop_app(server)
+
+
+@pytest.fixture(scope="module")
 def browser(chromium_ready):
     """One headless Chromium per test module."""
     from playwright.sync_api import sync_playwright

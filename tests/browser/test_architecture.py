@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 
 from core.store import RunStore
-from scripts.browser import free_port, start_app, stop_app
 from tests.browser.streamlit_dom import LIVE_LOSS_POINTS_JS
 from tests.browser.test_pages import fill_tiny_run, open_page, wait_until_settled
 from tests.helpers import wait_for
@@ -23,14 +22,6 @@ RUN_NAME = "kernel 1x7 run"
 # Plotly trace types of each drawn chart on the page, keyed by the chart's displayed title.
 CHART_TRACES_JS = """() => Object.fromEntries(Array.from(document.querySelectorAll('.js-plotly-plot'),
     plot => [(plot.querySelector('.gtitle') || {}).textContent || '', (plot.data || []).map(trace => trace.type)]))"""
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory, data_dir, chromium_ready):
-    store = tmp_path_factory.mktemp("architecture-store")
-    server = start_app(free_port(), store, {"MNIST_DATA_DIR": str(data_dir)})
-    yield server
-    stop_app(server)
 
 
 def choose(page, label: str, option: str) -> None:

@@ -15,21 +15,13 @@ import pytest
 
 from core.store import RunStore
 from core.worker import TRAINING_NICE
-from scripts.browser import draw_seven, free_port, start_app, stop_app
+from scripts.browser import draw_seven
 from tests.browser.streamlit_dom import LIVE_LOSS_POINTS_JS, SCRIPT_STATE_SELECTOR
 from tests.helpers import REPO_ROOT, wait_for
 
 pytestmark = pytest.mark.browser
 
 SHIPPED_LABELS = sorted(f"{path.stem} (shipped)" for path in (REPO_ROOT / "checkpoints").glob("*.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory, data_dir, chromium_ready):
-    store = tmp_path_factory.mktemp("browser-store")
-    server = start_app(free_port(), store, {"MNIST_DATA_DIR": str(data_dir)})
-    yield server
-    stop_app(server)
 
 
 def open_page(page, app, path: str, title: str) -> None:
