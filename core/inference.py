@@ -45,10 +45,11 @@ def shipped_models(directory: str | os.PathLike = SHIPPED_DIR) -> list[ModelEntr
     return entries
 
 
-def run_models(store: RunStore) -> list[ModelEntry]:
+def run_models(store: RunStore, *, runs: list[dict] | None = None) -> list[ModelEntry]:
+    """Return the completed runs with weights on disk; ``runs`` reuses a list the caller already read."""
     entries = []
-    for run in store.list_runs(statuses=("completed",)):
-        if run["checkpoint"] and Path(run["checkpoint"]).is_file():
+    for run in store.list_runs(statuses=("completed",)) if runs is None else runs:
+        if run["status"] == "completed" and run["checkpoint"] and Path(run["checkpoint"]).is_file():
             entries.append(
                 ModelEntry(
                     key=f"run:{run['id']}",

@@ -7,6 +7,7 @@ both go through ``execute_run``, so a run looks the same wherever it trained.
 from __future__ import annotations
 
 import gc
+import shutil
 import logging
 import time
 import traceback
@@ -17,6 +18,7 @@ import torch
 
 from core.checkpoints import load_checkpoint, load_training_state, save_checkpoint, save_training_state
 from core.errors import CheckpointError, LabError
+from core.predictions import OUTPUTS_NAME, save_test_outputs, shipped_outputs_path
 from core.store import RunStore
 from core.training import Callbacks, TrainingStopped, train
 
@@ -121,6 +123,8 @@ def execute_run(
             "wall_time_s": result.wall_time_s,
         }
         path = save_checkpoint(store.run_dir(run_id) / "model.safetensors", result.model, result.model_config, info)
+        test = result.test
+        save_test_outputs(store.run_dir(run_id) / OUTPUTS_NAME, test.probabilities, test.predictions, test.labels)
         store.finish(
             run_id,
             "completed",
@@ -206,7 +210,7 @@ def export_run(store: RunStore, run_id: int, path: str, *, command: str | None =
     """Copy a completed run's weights to ``path`` with its results and curves in the record.
 
     Shipped checkpoints are made this way, so the Compare page can show their
-    curves and confusion matrix without the store they were trained in.
+    curves, confusion matrix and test outputs without the store they were trained in.
     """
     run = store.get_run(run_id)
     if run["status"] != "completed" or not run["checkpoint"]:
@@ -220,4 +224,10 @@ def export_run(store: RunStore, run_id: int, path: str, *, command: str | None =
     info = {**loaded.info, "confusion": run["confusion"], "history": history}
     if command:
         info["command"] = command
-    return save_checkpoint(path, loaded.model, loaded.model_config, info)
+    exported = save_checkpoint(path, loaded.model, loaded.model_config, info)
+    outputs = store.run_dir(run_id) / OUTPUTS_NAME
+    if outputs.is_file():  # runs completed before outputs were stored have none; Compare evaluates those once
+        target = shipped_outputs_path(exported)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(outputs, target)
+    return exported

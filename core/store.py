@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS runs (
     confusion TEXT,
     wall_time_s REAL,
     checkpoint TEXT,
-    error TEXT
+    error TEXT,
+    seed_group INTEGER
 );
 CREATE TABLE IF NOT EXISTS step_metrics (
     run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -85,10 +86,19 @@ CREATE TABLE IF NOT EXISTS epoch_metrics (
     PRIMARY KEY (run_id, epoch)
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+CREATE TABLE IF NOT EXISTS ensembles (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    members TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 """
 
 # Columns added after the first release; stores created before them get them on open.
-ADDED_RUN_COLUMNS = {"flops": "INTEGER", "receptive_field": "TEXT"}
+# seed_group is the id of the first run of a group started together with different seeds.
+ADDED_RUN_COLUMNS = {"flops": "INTEGER", "receptive_field": "TEXT", "seed_group": "INTEGER"}
+MAX_SEEDS = 20  # runs one "repeat with seeds" action may start
+MAX_ENSEMBLE_MEMBERS = 20
 
 EPOCH_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "epoch_time_s", "wall_time_s")
 
@@ -242,30 +252,81 @@ class RunStore:
         pid: int | None = None,
     ) -> int:
         name = clean_run_name(name)
-        now = time.time()
         with self.connect() as conn:
-            cursor = conn.execute(
-                "INSERT INTO runs (name, arch, model_config, train_config, params, device, status, source,"
-                " created_at, started_at, heartbeat_at, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    name or "",
-                    model_config["arch"],
-                    json.dumps(model_config),
-                    json.dumps(train_config),
-                    params,
-                    train_config.get("device"),
-                    status,
-                    source,
-                    now,
-                    now if status == "running" else None,
-                    now if status == "running" else None,
-                    pid,
-                ),
-            )
-            run_id = cursor.lastrowid
+            run_id = self._insert_run(conn, model_config, train_config, name, status, source, params, pid)
             if not name:
                 conn.execute("UPDATE runs SET name = ? WHERE id = ?", (f"{model_config['arch']}-{run_id}", run_id))
         return run_id
+
+    def create_seed_group(
+        self,
+        model_config: dict[str, Any],
+        train_config: dict[str, Any],
+        seeds: list[int],
+        *,
+        name: str | None = None,
+        status: str = "queued",
+        source: str = "app",
+        pid: int | None = None,
+    ) -> list[int]:
+        """Store one run per seed of the same config, in one transaction, as a group; return their ids.
+
+        The group's id is its first run's id. Runs are named "NAME seed S", where NAME
+        defaults to "ARCH-gID". Only the first run gets ``status`` and ``pid`` when
+        the status is "running" (the CLI trains them one after another); the others are queued.
+        """
+        name = clean_run_name(name)
+        if not 1 <= len(seeds) <= MAX_SEEDS:
+            raise StoreError(f"a seed group has 1 to {MAX_SEEDS} runs, got {len(seeds)} seeds")
+        if len(set(seeds)) != len(seeds):
+            raise StoreError(f"the seeds of a group must differ, got {seeds}")
+        ids: list[int] = []
+        with self.connect() as conn:
+            for index, seed in enumerate(seeds):
+                first = index == 0
+                run_status = status if first or status != "running" else "queued"
+                run_id = self._insert_run(
+                    conn, model_config, {**train_config, "seed": seed}, None, run_status, source, None, pid if first else None
+                )
+                ids.append(run_id)
+            base = name or f"{model_config['arch']}-g{ids[0]}"
+            for run_id, seed in zip(ids, seeds):
+                conn.execute("UPDATE runs SET name = ?, seed_group = ? WHERE id = ?", (f"{base} seed {seed}", ids[0], run_id))
+        return ids
+
+    def _insert_run(self, conn, model_config, train_config, name, status, source, params, pid) -> int:
+        now = time.time()
+        cursor = conn.execute(
+            "INSERT INTO runs (name, arch, model_config, train_config, params, device, status, source,"
+            " created_at, started_at, heartbeat_at, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                name or "",
+                model_config["arch"],
+                json.dumps(model_config),
+                json.dumps(train_config),
+                params,
+                train_config.get("device"),
+                status,
+                source,
+                now,
+                now if status == "running" else None,
+                now if status == "running" else None,
+                pid,
+            ),
+        )
+        return cursor.lastrowid
+
+    def mark_running(self, run_id: int, pid: int) -> dict[str, Any]:
+        """Mark a queued run as running in process ``pid`` (the CLI training a seed group in order); return it."""
+        now = time.time()
+        with self.connect() as conn:
+            updated = conn.execute(
+                "UPDATE runs SET status = 'running', pid = ?, started_at = ?, heartbeat_at = ? WHERE id = ? AND status = 'queued'",
+                (pid, now, now, check_run_id(run_id)),
+            ).rowcount
+        if not updated:
+            raise StoreError(f"run {run_id} is not queued (status {self.get_run(run_id)['status']}); another process took it")
+        return self.get_run(run_id)
 
     def claim_next_queued(self) -> dict[str, Any] | None:
         """Mark the oldest queued run as running and return it, atomically across processes."""
@@ -408,18 +469,71 @@ class RunStore:
             row = conn.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
         return bool(row and row["cancel_requested"])
 
-    def delete_run(self, run_id: int) -> None:
-        """Delete a finished run, its metrics and its weights; active runs must be cancelled first."""
+    def delete_run(self, run_id: int) -> list[str]:
+        """Delete a finished run, its metrics and its weights; return the names of ensembles deleted with it.
+
+        Active runs must be cancelled first. An ensemble that contains the run cannot be
+        evaluated without it, so it is deleted too.
+        """
         run = self.get_run(run_id)
         if run["status"] in ACTIVE_STATUSES:
             raise StoreError(f"run {run_id} is {run['status']}; cancel it before deleting it")
+        key = f"run:{run['id']}"
+        orphaned = [e for e in self.list_ensembles() if key in e["members"]]
         with self.connect() as conn:
-            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            conn.execute("DELETE FROM runs WHERE id = ?", (run["id"],))
+            conn.executemany("DELETE FROM ensembles WHERE id = ?", [(e["id"],) for e in orphaned])
         folder = self.run_dir(run_id)
         if folder.is_dir():
             for path in folder.iterdir():
                 path.unlink()
             folder.rmdir()
+        return [e["name"] for e in orphaned]
+
+    # -- ensembles ---------------------------------------------------------
+
+    def create_ensemble(self, members: list[str], *, name: str | None = None) -> int:
+        """Store an ensemble of model keys ("run:12", "shipped:cnn"); return its id.
+
+        The ensemble averages its members' class probabilities. Its name defaults to
+        "ensemble-ID".
+        """
+        name = clean_run_name(name)
+        members = list(dict.fromkeys(members))  # drop repeats, keep the order
+        if not 2 <= len(members) <= MAX_ENSEMBLE_MEMBERS:
+            raise StoreError(f"an ensemble needs 2 to {MAX_ENSEMBLE_MEMBERS} different models, got {len(members)}")
+        for member in members:
+            kind, _, value = member.partition(":")
+            if kind == "run":
+                check_run_id(int(value) if is_run_id(value) else value)
+            elif kind != "shipped" or not value:
+                raise StoreError(f"invalid ensemble member {member!r}; use run:ID for a run or shipped:NAME for a shipped model")
+        with self.connect() as conn:
+            cursor = conn.execute(
+                "INSERT INTO ensembles (name, members, created_at) VALUES (?, ?, ?)", (name or "", json.dumps(members), time.time())
+            )
+            ensemble_id = cursor.lastrowid
+            if not name:
+                conn.execute("UPDATE ensembles SET name = ? WHERE id = ?", (f"ensemble-{ensemble_id}", ensemble_id))
+        return ensemble_id
+
+    def list_ensembles(self) -> list[dict[str, Any]]:
+        with self.connect() as conn:
+            rows = conn.execute("SELECT * FROM ensembles ORDER BY id").fetchall()
+        return [{**dict(row), "members": json.loads(row["members"])} for row in rows]
+
+    def get_ensemble(self, ensemble_id: int) -> dict[str, Any]:
+        ensemble_id = check_run_id(ensemble_id)
+        with self.connect() as conn:
+            row = conn.execute("SELECT * FROM ensembles WHERE id = ?", (ensemble_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"ensemble {ensemble_id} not found in {self.root}")
+        return {**dict(row), "members": json.loads(row["members"])}
+
+    def delete_ensemble(self, ensemble_id: int) -> None:
+        ensemble = self.get_ensemble(ensemble_id)
+        with self.connect() as conn:
+            conn.execute("DELETE FROM ensembles WHERE id = ?", (ensemble["id"],))
 
     def recover_stale_runs(self, *, heartbeat_timeout_s: float = 600.0) -> list[int]:
         """Mark running runs whose process is gone (or silent too long) as interrupted; return their ids."""

@@ -24,7 +24,7 @@ from core.devices import autocast_for, memory_format_for, optimizer_options, res
 from core.errors import ConfigError, LabError
 from core.models import build_model, check_model_size, count_parameters, normalize_model_config
 from core.models.config import NUM_CLASSES, config_from_dict, config_to_dict
-from core.models.outputs import loss_and_scores
+from core.models.outputs import loss_and_scores, probabilities
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,8 @@ class EvalResult:
     loss: float
     accuracy: float
     predictions: torch.Tensor  # (N,) int64 on CPU
+    probabilities: torch.Tensor  # (N, 10) float32 on CPU
+    labels: torch.Tensor  # (N,) int64 on CPU
     confusion: list[list[int]]  # [true][predicted]
 
 
@@ -153,7 +155,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
     device = next(model.parameters()).device
     batch_size = batch_size or EVAL_BATCH_SIZE.get(device.type, DEFAULT_EVAL_BATCH_SIZE)
     total_loss = torch.zeros((), device=device)
-    predictions = []
+    predictions, class_probabilities = [], []
     memory_format = memory_format_for(device)
     for start in range(0, len(images), batch_size):
         x = normalize(images[start : start + batch_size].to(device)).contiguous(memory_format=memory_format)
@@ -162,6 +164,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
             loss, logits = loss_and_scores(model, x, y, reduction="sum")
         total_loss += loss.float()
         predictions.append(logits.argmax(dim=1))
+        class_probabilities.append(probabilities(model, logits))
 
     predicted = torch.cat(predictions).cpu()
     truth = labels.cpu()
@@ -170,6 +173,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
         loss=total_loss.item() / len(images),
         accuracy=(predicted == truth).sum().item() / len(truth),  # exact: 9923 / 10000 is 0.9923
         predictions=predicted,
+        probabilities=torch.cat(class_probabilities).float().cpu(),
+        labels=truth,
         confusion=confusion.tolist(),
     )
 

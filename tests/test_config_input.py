@@ -335,7 +335,7 @@ def test_hidden_sizes_markup_escaped(app_store):
 
 
 def test_chart_names_escaped():
-    from app.charts import accuracy_figure, confusion_figure, loss_figure, params_figure
+    from core.charts import accuracy_figure, confusion_figure, loss_figure, params_figure
 
     name = "<b>bold</b> <a href='http://127.0.0.1:9/'>link</a> & co"
     escaped = "&lt;b&gt;bold&lt;/b&gt; &lt;a href='http://127.0.0.1:9/'&gt;link&lt;/a&gt; &amp; co"

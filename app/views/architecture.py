@@ -8,7 +8,7 @@ import json
 import numpy as np
 import streamlit as st
 
-from app.charts import image_grid_figure, stage_diagram
+from core.charts import image_grid_figure, stage_diagram
 from app.config_form import cost_metrics
 from app.escaping import escape_markdown
 from app.services import describe_config, describe_cost, fit_to_budget, get_store, list_models, mnist_test_set, stage_table

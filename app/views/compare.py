@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.charts import accuracy_figure, confusion_figure, loss_figure, params_figure
+from core.charts import accuracy_figure, confusion_figure, loss_figure, params_figure
 from app.services import get_store, list_shipped
 from core.compare import TABLE_COLUMNS, curves, table_rows
 from core.errors import LabError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app.charts import probabilities_figure
+from core.charts import probabilities_figure
 from app.escaping import escape_markdown
 from app.services import get_store, list_models
 from core.errors import LabError

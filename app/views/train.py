@@ -8,7 +8,7 @@ import time
 
 import streamlit as st
 
-from app.charts import accuracy_figure, loss_figure
+from core.charts import accuracy_figure, loss_figure
 from app.config_form import cost_metrics, settings_fields, settings_form, stage_editor
 from app.escaping import escape_markdown
 from app.services import REFRESH_S, config_changes, describe_config, describe_cost, ensure_worker, fit_to_budget, get_store, stage_table
