@@ -273,6 +273,7 @@ def test_train_with_set_and_export(store, tmp_path):
     ))
 
     from core.checkpoints import load_checkpoint
+    from core.predictions import load_test_outputs, shipped_outputs_path
 
     loaded = load_checkpoint(export)
     assert output["arch"] == "cnn"
@@ -280,6 +281,8 @@ def test_train_with_set_and_export(store, tmp_path):
     assert loaded.model_config["width_mult"] == 0.25
     assert loaded.info["train_config"]["lr"] == 0.01
     assert loaded.params == output["params"]
+    exported_outputs = load_test_outputs(shipped_outputs_path(export))
+    assert exported_outputs.accuracy == output["test_accuracy"]
 
 
 def test_cancel_queued_run(store):

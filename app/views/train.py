@@ -17,8 +17,8 @@ from core.devices import available_devices
 from core.errors import LabError
 from core.models import ARCHITECTURES, default_model_config
 from core.models.config import config_to_dict
-from core.store import ACTIVE_STATUSES, RESUMABLE_STATUSES, clean_run_name
-from core.training import OPTIMIZERS, SCHEDULERS, TrainConfig, parse_train_config
+from core.store import ACTIVE_STATUSES, MAX_SEEDS, RESUMABLE_STATUSES, clean_run_name
+from core.training import MAX_SEED, OPTIMIZERS, SCHEDULERS, TrainConfig, parse_train_config
 
 BUDGET_CHOICES = ["none", *PRESET_BUDGETS, "custom"]
 
@@ -132,11 +132,15 @@ epochs = c1.number_input("Epochs", value=base.epochs, min_value=1, max_value=200
 batch_size = c2.number_input("Batch size", value=base.batch_size, min_value=2, max_value=8192, step=32, key=widget_key("batch_size"))
 weight_decay = c3.number_input("Weight decay", value=base.weight_decay, min_value=0.0, format="%.5f", step=0.0001, key=widget_key("weight_decay"))
 label_smoothing = c4.number_input("Label smoothing", value=base.label_smoothing, min_value=0.0, max_value=0.99, step=0.05, key=widget_key("label_smoothing"))
-c1, c2, c3, c4 = st.columns(4)
+c1, c2, c3, c4, c5 = st.columns(5)
 seed = c1.number_input("Seed", value=base.seed, min_value=0, step=1, key=widget_key("seed"))
-patience = c2.number_input("Early stopping patience (0 = off)", value=0, min_value=0, step=1, key="patience")
-subset = c3.number_input("Training images (0 = all 55,000)", value=0, min_value=0, max_value=55000, step=1000, key="train_subset")
-name = c4.text_input("Run name (optional)", key="run_name", max_chars=100)
+seed_count = c2.number_input(
+    "Repeat with seeds", value=1, min_value=1, max_value=MAX_SEEDS, step=1, key="seed_count",
+    help="start this many runs with seeds Seed, Seed+1, ...; Compare shows them as one group with mean and spread",
+)
+patience = c3.number_input("Early stopping patience (0 = off)", value=0, min_value=0, step=1, key="patience")
+subset = c4.number_input("Training images (0 = all 55,000)", value=0, min_value=0, max_value=55000, step=1000, key="train_subset")
+name = c5.text_input("Run name (optional)", key="run_name", max_chars=100)
 
 with st.expander("Augmentation"):
     augment = st.toggle("Augment training images", value=base.augment, key=widget_key("augment"), help="a random affine transform of every training image, per batch")
@@ -158,28 +162,37 @@ train_config = {
     "shear_deg": float(shear_deg), "elastic": bool(augment and elastic), "elastic_alpha": float(elastic_alpha),
     "elastic_sigma": float(elastic_sigma), "compile": bool(compile_model),
 }
+seeds = [int(seed) + offset for offset in range(int(seed_count))]
 train_error = None
 try:
     parse_train_config(train_config)
     clean_run_name(name)  # the same check the store makes, shown before Start instead of after
+    if seeds[-1] > MAX_SEED:
+        raise LabError(f"the last seed {seeds[-1]} is above {MAX_SEED}; lower the seed or the number of seeds")
 except LabError as error:
     train_error = str(error)
     st.error(f"Training settings are invalid: {train_error}")
 
 if st.button("Start training", type="primary", disabled=bool(final_config is None or budget_missed or train_error), key="start"):
-    fingerprint = hashlib.sha256(json.dumps([final_config, train_config, name], sort_keys=True).encode()).hexdigest()
+    fingerprint = hashlib.sha256(json.dumps([final_config, train_config, name, seeds], sort_keys=True).encode()).hexdigest()
     last = st.session_state.get("last_start")
     if last and last[0] == fingerprint and time.time() - last[1] < 5:
         st.toast("That run was just queued; not queuing it twice.")
     else:
         try:
-            run_id = store.create_run(final_config, train_config, name=name or None)
+            if len(seeds) == 1:
+                run_ids = [store.create_run(final_config, train_config, name=name or None)]
+            else:
+                run_ids = store.create_seed_group(final_config, train_config, seeds, name=name or None)
         except LabError as error:
             st.error(f"Could not queue the run: {error}")
         else:
             st.session_state["last_start"] = (fingerprint, time.time())
-            st.session_state["watch_run"] = run_id
-            st.toast(f"Run {run_id} queued")
+            st.session_state["watch_run"] = run_ids[0]
+            if len(run_ids) == 1:
+                st.toast(f"Run {run_ids[0]} queued")
+            else:
+                st.toast(f"Runs {run_ids[0]} to {run_ids[-1]} queued as seed group g{run_ids[0]} (seeds {seeds[0]} to {seeds[-1]})")
 
 # -- live view --------------------------------------------------------------
 
