@@ -399,6 +399,88 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return worker_main(str(_store(args).root), args.data_dir, parent_pid=None)
 
 
+# -- compare and report ---------------------------------------------------
+
+
+def _resolve_compared(store: Any, specs: list[str]) -> list[Any]:
+    from core.compare import resolve_subjects
+    from core.inference import shipped_models
+
+    return resolve_subjects(store, specs, shipped_models())
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from core.report import compare_subjects, comparison_json, comparison_text
+
+    if len(args.runs) < 2:
+        raise LabError(
+            f"compare needs at least 2 models, got {len(args.runs)} ({' '.join(args.runs)}); "
+            "e.g. python -m core compare cnn dense, or 12 g14 e3"
+        )
+    store = _store(args)
+    subjects = _resolve_compared(store, args.runs)
+    comparison = compare_subjects(store, subjects, data_dir=args.data_dir, on_progress=_log_progress)
+    _print(args, comparison_json(comparison), comparison_text(comparison))
+    return 0
+
+
+def _log_progress(fraction: float, message: str) -> None:
+    log.info("%3.0f%% %s", fraction * 100, message)
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """Return the command that started this process, or an equivalent one when main() was called in-process."""
+    import shlex
+    from pathlib import Path
+
+    if Path(sys.argv[0]).parts[-2:] == ("core", "__main__.py"):
+        argv = sys.argv[1:]
+    else:
+        argv = ["report", *args.runs, "-o", args.output] + (["--title", args.title] if args.title else [])
+        if args.invariance:
+            argv += ["--invariance"] + ([f"--invariance-images={args.invariance_images}"] if args.invariance_images else [])
+    return shlex.join(["python", "-m", "core", *argv])
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from core.report import build_report, measure_invariance
+
+    if args.invariance_images is not None and not args.invariance:
+        raise LabError(f"--invariance-images {args.invariance_images} needs --invariance; add --invariance or drop the option")
+    output = Path(args.output).expanduser()
+    if output.is_dir():
+        raise LabError(f"-o {args.output} is a folder; give a file path such as {output / 'report.html'}")
+    if not output.parent.is_dir():
+        raise LabError(
+            f"the folder {output.parent} of -o {args.output} does not exist; create it first (mkdir -p {output.parent}) "
+            "or write the report elsewhere"
+        )
+    store = _store(args)
+    subjects = _resolve_compared(store, args.runs)
+    invariance = None
+    if args.invariance:
+        invariance = measure_invariance(
+            store, subjects, images=args.invariance_images, data_dir=args.data_dir, on_progress=_log_progress
+        )
+    document = build_report(
+        store, subjects, data_dir=args.data_dir, title=args.title, invariance=invariance,
+        generated_by=_command_line(args), on_progress=_log_progress,
+    )
+
+    temporary = output.with_name(output.name + ".tmp")
+    try:
+        temporary.write_text(document, encoding="utf-8")
+        os.replace(temporary, output)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise LabError(f"cannot write the report to {output}: {error.strerror or error}; choose a writable path with -o") from error
+    print(f"wrote the report of {len(subjects)} models to {output}")
+    return 0
+
+
+
 # -- parser ---------------------------------------------------------------
 
 
@@ -507,6 +589,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", parents=[common], help="run the background worker in the foreground (the app starts one itself)")
     p.set_defaults(func=cmd_worker)
+
+    models_help = "run id (12), seed group (g12: first run id of the group), ensemble (e3) or shipped model name (cnn)"
+    p = sub.add_parser("compare", parents=[common], help="test whether models differ in test accuracy beyond chance",
+                       description="Print each model's test accuracy (mean and spread over seeds for groups),\n"
+                                   "McNemar's exact test and a paired bootstrap 95% interval for every pair,\n"
+                                   "and the accuracy of the ensemble of all their models.",
+                       epilog="example:\n  python -m core compare cnn dense g12 e3 --json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN", help=f"two or more models: {models_help}")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON: {runs: [...], pairs: [{a, b, p_value, ci_low, ci_high, ...}], ensemble_accuracy}")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", parents=[common], help="write a self-contained HTML report comparing models",
+                       description="Write one HTML file that opens offline: the models, pairwise statistics,\n"
+                                   "figures, test images they disagree on, their configs and the environment.",
+                       epilog="example:\n  python -m core report cnn dense vit -o report.html --title 'Small models'",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN", help=f"one or more models: {models_help}")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="HTML file to write; its folder must exist")
+    p.add_argument("--title", default=None, help="title at the top of the report (default: MNIST Architecture Lab report)")
+    p.add_argument("--invariance", action="store_true",
+                   help="add accuracy curves under x/y shifts and rotations (measured once, then read from the store's cache)")
+    p.add_argument("--invariance-images", type=int, default=None, metavar="N",
+                   help="with --invariance: measure on the first N test images, 1 to 10000 (default 2000)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
