@@ -345,10 +345,10 @@ def describe_pair(pair: Mapping[str, Any], *, paired_rows: int = 1) -> str:
         )
     if pair["difference"] == 0 and pair["a_only"] == pair["b_only"]:
         return f"{pair['a_label']} and {pair['b_label']} are equally accurate on the test set ({images}){seeds}."
-    verdict = "a real difference" if pair["significant"] else "could be chance"
+    verdict = "is real" if pair["significant"] else "could be chance"
     return (
         f"{better} is {points:.2f} points more accurate than {worse} ({interval}); McNemar p = {pair['p_value']:.3g} "
-        f"({images}), so this is {verdict} at the 5% level{seeds}."
+        f"({images}), so at the 5% level the difference {verdict}{seeds}."
     )
 
 
