@@ -179,3 +179,95 @@ def stage_diagram(stages: list[dict[str, Any]], *, arch: str) -> str:
     edges = " -> ".join(chain)
     body = "\n    ".join(nodes)
     return f"digraph {{\n    rankdir=LR\n    node [shape=box, fontname=Helvetica, fontsize=11]\n    {body}\n    {edges}\n}}"
+
+# -- invariance lab and Draw page saliency ------------------------------------------------------------
+
+INVARIANCE_AXIS_TITLES = {
+    "x_shift": "shift along x (px, + moves the ink right)",
+    "y_shift": "shift along y (px, + moves the ink down)",
+    "rotation": "rotation (degrees, + turns counter-clockwise)",
+}
+# Red for pixels that support the prediction, blue for pixels against it, transparent at 0 so the ink shows through.
+SALIENCY_COLORSCALE = [[0.0, "rgba(33, 102, 172, 0.95)"], [0.5, "rgba(255, 255, 255, 0)"], [1.0, "rgba(214, 39, 40, 0.95)"]]
+
+
+def _transparent(color: str, alpha: float) -> str:
+    from plotly.colors import hex_to_rgb
+
+    red, green, blue = hex_to_rgb(color)
+    return f"rgba({red}, {green}, {blue}, {alpha})"
+
+
+def invariance_figure(results: list[Any], axis: str) -> go.Figure:
+    """Accuracy against one transform (``axis``: x_shift, y_shift or rotation), one line per result.
+
+    ``results`` are ``core.invariance.InvarianceResult`` objects. A seed group's
+    line is its mean accuracy, with a band from its worst to its best seed.
+    """
+    fig = go.Figure()
+    for index, result in enumerate(results):
+        curve = result.curves[axis]
+        color = _color(index)
+        name = _escape_plotly(result.label)
+        if result.rows > 1:
+            fig.add_scatter(
+                x=curve.values + curve.values[::-1], y=curve.high + curve.low[::-1], fill="toself",
+                fillcolor=_transparent(color, 0.2), line={"width": 0}, hoverinfo="skip", showlegend=False,
+                name=f"{name} seed range",
+            )
+        fig.add_scatter(
+            x=curve.values, y=curve.accuracy, mode="lines+markers", name=name, line={"color": color},
+            hovertemplate="%{fullData.name}<br>%{x:+d}: %{y:.1%}<extra></extra>",
+        )
+    fig.update_yaxes(tickformat=".0%", range=[0, 1.02])
+    fig.update_xaxes(zeroline=True)
+    return _layout(fig, title=f"Accuracy vs {axis.replace('_', ' ')}", x_title=INVARIANCE_AXIS_TITLES[axis], y_title="test accuracy")
+
+
+def prediction_sweep_figure(rows: list[tuple[str, dict[str, list]]], axis: str, current: int) -> go.Figure:
+    """Each model's prediction across one transform's range: the digit as text, its confidence as colour.
+
+    ``rows`` pairs a model's label with its sweep from ``core.invariance.prediction_sweeps``
+    for ``axis``. A box marks the column of the current setting.
+    """
+    values = rows[0][1]["values"]
+    labels = [_escape_plotly(label) for label, _ in rows]
+    confidences = [sweep["confidences"] for _, sweep in rows]
+    digits = [[str(d) for d in sweep["digits"]] for _, sweep in rows]
+    fig = go.Figure(
+        go.Heatmap(
+            z=confidences, x=values, y=labels, text=digits, texttemplate="%{text}", colorscale="Blues", zmin=0, zmax=1,
+            colorbar={"title": {"text": "confidence"}, "tickformat": ".0%", "len": 0.9},
+            hovertemplate="%{y}<br>%{x:+d}: %{text} (%{z:.1%})<extra></extra>",
+        )
+    )
+    step = values[1] - values[0] if len(values) > 1 else 1
+    fig.add_shape(
+        type="rect", x0=current - step / 2, x1=current + step / 2, y0=-0.5, y1=len(rows) - 0.5,
+        line={"color": "#d62728", "width": 2},
+    )
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(tickvals=values)
+    height = 110 + 30 * len(rows)
+    return _layout(fig, title="", x_title=INVARIANCE_AXIS_TITLES[axis], y_title="", height=height)
+
+
+def saliency_figure(image: Any, saliency: Any, *, title: str) -> go.Figure:
+    """A 28x28 input in gray with its saliency map on top: red pixels support the prediction, blue ones argue against it."""
+    import numpy as np
+
+    saliency = np.asarray(saliency, dtype=np.float32)
+    reach = float(np.abs(saliency).max()) or 1.0  # a symmetric scale keeps 0 transparent
+    fig = go.Figure()
+    # The ink goes up to mid-gray only, so the red overlay stays visible on top of the strokes.
+    fig.add_heatmap(z=np.asarray(image), colorscale=[[0, "black"], [1, "#9a9a9a"]], zmin=0, zmax=1, showscale=False, hoverinfo="skip")
+    fig.add_heatmap(
+        z=saliency, colorscale=SALIENCY_COLORSCALE, zmin=-reach, zmax=reach,
+        colorbar={"tickvals": [-reach, 0, reach], "ticktext": ["against", "0", "for"], "len": 0.8, "thickness": 12},
+        hovertemplate="row %{y}, column %{x}: %{z:.3g}<extra></extra>",
+    )
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed", scaleanchor="x")
+    fig.update_layout(title=_escape_plotly(title), height=280, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+

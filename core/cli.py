@@ -481,6 +481,69 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 
+# -- invariance -------------------------------------------------------------
+
+
+def cmd_invariance(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    from core.compare import resolve_subjects
+    from core.inference import shipped_models
+    from core.invariance import InvarianceSettings, describe_invariance, measure_subjects
+
+    defaults = InvarianceSettings()
+    settings = InvarianceSettings(
+        images=defaults.images if args.images is None else args.images,
+        max_shift_px=defaults.max_shift_px if args.max_shift is None else args.max_shift,
+        max_angle_deg=defaults.max_angle_deg if args.max_angle is None else args.max_angle,
+        angle_step_deg=defaults.angle_step_deg if args.angle_step is None else args.angle_step,
+    )
+    settings.validate()
+    store = _store(args)
+    subjects = resolve_subjects(store, args.runs, shipped_models())
+
+    bar = tqdm(total=100, bar_format="{percentage:3.0f}% |{bar}| {desc}", disable=args.json or not sys.stderr.isatty() and not args.progress,
+               file=sys.stderr)
+
+    def on_progress(fraction: float, message: str) -> None:
+        bar.n = round(fraction * 100)
+        bar.set_description_str(message, refresh=False)
+        bar.refresh()
+
+    results = measure_subjects(subjects, store, settings, data_dir=args.data_dir, on_progress=on_progress)
+    bar.close()
+    data = {
+        "settings": asdict(settings),
+        "subjects": [{**result.to_dict(), "summary": describe_invariance(result)} for result in results],
+    }
+    _print(args, data, _invariance_text(results))
+    return 0
+
+
+def _invariance_text(results: list[Any]) -> str:
+    """Return one accuracy table per transform (a row per value, a column per model), then the summaries."""
+    from core.invariance import AXES, AXIS_NAMES, AXIS_UNITS, describe_invariance
+
+    width = 22
+    settings = results[0].settings
+    lines = [
+        f"test accuracy on the first {settings.images:,} test images; + moves the ink right (x) or down (y), "
+        "+ turns it counter-clockwise"
+    ]
+    for axis in AXES:
+        header = f"{AXIS_NAMES[axis]} ({AXIS_UNITS[axis]})"
+        lines += ["", f"{header:<16}" + "".join(f"{result.label[:width]:>{width + 2}}" for result in results)]
+        values = results[0].curves[axis].values
+        for index, value in enumerate(values):
+            cells = "".join(f"{result.curves[axis].accuracy[index]:>{width + 2}.1%}" for result in results)
+            lines.append(f"{value:>+16d}{cells}")
+    lines.append("")
+    lines += [describe_invariance(result) for result in results]
+    return "\n".join(lines)
+
+
 # -- parser ---------------------------------------------------------------
 
 
@@ -615,6 +678,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invariance-images", type=int, default=None, metavar="N",
                    help="with --invariance: measure on the first N test images, 1 to 10000 (default 2000)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("invariance", parents=[common], help="test accuracy as the test digits are shifted along x or y and rotated",
+                       description="Measure test accuracy with the digits shifted along x only, along y only and rotated,\n"
+                                   "and say in one sentence per model how far its accuracy holds. Curves are cached in\n"
+                                   "the run store, so a second call with the same settings returns at once.",
+                       epilog="examples:\n  python -m core invariance cnn dense\n  python -m core invariance 12 g14 e3 --images 10000 --json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run id (12), seed group (g12: first run id of the group), ensemble (e3) or shipped model name (cnn)")
+    p.add_argument("--images", type=int, default=None, metavar="N", help="measure on the first N test images, 1 to 10000 (default 2000)")
+    p.add_argument("--max-shift", type=int, default=None, metavar="PX",
+                   help="largest shift along x and along y, in pixels, 1 to 14 (default 6)")
+    p.add_argument("--max-angle", type=int, default=None, metavar="DEG", help="largest rotation either way, in degrees, 1 to 180 (default 45)")
+    p.add_argument("--angle-step", type=int, default=None, metavar="DEG", help="degrees between measured angles (default 5)")
+    p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON: {settings, subjects: [{key, label, kind, rows, curves: {x_shift, y_shift, rotation}, summary}]}")
+    p.set_defaults(func=cmd_invariance)
     return parser
 
 
