@@ -1,34 +1,45 @@
-"""Draw page: draw or upload a digit and see every selected model's prediction."""
+"""Draw page: draw or upload a digit, move or turn it, and see each selected model's prediction and why."""
 
 from __future__ import annotations
 
 import numpy as np
 import streamlit as st
 
-from core.charts import probabilities_figure
 from app.escaping import escape_markdown
-from app.services import get_store, list_models
+from app.services import get_store, list_shipped
+from core.charts import prediction_sweep_figure, probabilities_figure, saliency_figure
+from core.compare import list_subjects
 from core.errors import LabError
-from core.inference import load_cached, predict_probabilities
+from core.inference import load_cached
+from core.invariance import AXIS_NAMES, InvarianceSettings, prediction_sweeps, subject_probabilities, transformed_digit
 from core.preprocess import NO_DIGIT_MESSAGE, decode_image, to_mnist
+from core.saliency import METHODS, ensemble_saliency
 
 CANVAS_SIZE = 280
+DEFAULT_STROKE = 22
+SWEEP = InvarianceSettings()  # the ranges of the sliders below and of the Compare page's curves
+DRAW_KINDS = ("shipped", "run", "ensemble")  # a seed group's runs are listed one by one instead
+
 store = get_store()
+presenting = bool(st.session_state.get("presentation_mode"))
 st.title("Draw")
 
-models = list_models(store)
-if not models:
+subjects = [s for s in list_subjects(store, list_shipped()) if s.kind in DRAW_KINDS]
+if not subjects:
     st.warning("No trained models yet: the checkpoints/ folder is empty and no run has completed.")
     st.stop()
 
-labels = {m.key: m.label for m in models}
-default_keys = [m.key for m in models if m.key.startswith("shipped:")] or [models[0].key]
-chosen = st.multiselect("Models", list(labels), default=default_keys, format_func=labels.get, key="draw_models")
+by_key = {s.key: s for s in subjects}
+default_keys = [s.key for s in subjects if s.kind == "shipped"] or [subjects[0].key]
+chosen = st.multiselect(
+    "Models", list(by_key), default=default_keys, format_func=lambda key: by_key[key].label, key="draw_models",
+    help="Shipped models, completed runs and ensembles; an ensemble predicts the argmax of its members' mean probabilities.",
+)
 
 draw_col, input_col = st.columns([3, 2])
 with draw_col:
     st.session_state.setdefault("canvas_version", 0)
-    stroke = st.slider("Stroke width", 8, 40, 22, key="stroke_width")
+    stroke = DEFAULT_STROKE if presenting else st.slider("Stroke width", 8, 40, DEFAULT_STROKE, key="stroke_width")
     pixels = None
     try:
         from streamlit_drawable_canvas import st_canvas
@@ -70,29 +81,86 @@ except LabError as error:
 if digit is not None:
     st.session_state["draw_digit"] = digit  # the Architecture page shows feature maps for the last drawing
 
+
+def describe_transform(dx: int, dy: int, angle: int) -> str:
+    parts = []
+    if dx:
+        parts.append(f"{abs(dx)} px {'right' if dx > 0 else 'left'}")
+    if dy:
+        parts.append(f"{abs(dy)} px {'down' if dy > 0 else 'up'}")
+    if angle:
+        parts.append(f"turned {abs(angle)}° {'counter-clockwise' if angle > 0 else 'clockwise'}")
+    return ", then moved " + " and ".join(parts) if parts else ""
+
+
 with input_col:
     st.markdown("**What the models receive (28 x 28)**")
+    shift_x = st.slider("Shift x (px, + is right)", -SWEEP.max_shift_px, SWEEP.max_shift_px, 0, key="draw_shift_x")
+    shift_y = st.slider("Shift y (px, + is down)", -SWEEP.max_shift_px, SWEEP.max_shift_px, 0, key="draw_shift_y")
+    angle = st.slider(
+        "Rotation (degrees, + is counter-clockwise)", -SWEEP.max_angle_deg, SWEEP.max_angle_deg, 0,
+        step=SWEEP.angle_step_deg, key="draw_rotation",
+    )
     if digit is None:
         st.info("Draw a digit on the canvas (or upload an image) to see every model's answer.")
     else:
-        st.image(np.kron(digit.image, np.ones((8, 8), dtype=np.float32)), clamp=True, caption="white ink on black, centred by mass")
+        moved_image, moved_tensor = transformed_digit(digit.image, dx=shift_x, dy=shift_y, angle_deg=angle)
+        caption = None if presenting else "white ink on black, centred by mass" + describe_transform(shift_x, shift_y, angle)
+        st.image(np.kron(moved_image, np.ones((8, 8), dtype=np.float32)), clamp=True, caption=caption)
 
 if digit is not None and not chosen:
     st.info("Select at least one model above to see its prediction.")
 if digit is not None and chosen:
+    toggle_col, method_col = st.columns([1, 1])
+    with toggle_col:
+        explain = st.toggle("Why did it say that?", key="draw_saliency", help="Overlay each model's saliency map on its input.")
+    method = None
+    if explain:
+        with method_col:
+            method = st.selectbox(
+                "Saliency method", list(METHODS), format_func=METHODS.get, key="draw_saliency_method",
+                help="gradient x input: how much each pixel's ink raises the predicted class's score. "
+                     "occlusion: how much its probability drops when the 4x4 patches around a pixel are erased.",
+            )
+
     st.subheader("Answers")
     columns = st.columns(min(3, len(chosen)))
-    by_key = {m.key: m for m in models}
+    sweeps = {}
     for index, key in enumerate(chosen):
-        entry = by_key[key]
+        subject = by_key[key]
         with columns[index % len(columns)]:
             try:
-                loaded = load_cached(entry.path)  # cached per process by path and modification time
+                probabilities = subject_probabilities(subject, moved_tensor)[0].tolist()  # models cached per process
+                sweeps[key] = prediction_sweeps(subject, digit.image, dx=shift_x, dy=shift_y, angle_deg=angle, settings=SWEEP)
             except LabError as error:
-                st.error(escape_markdown(f"{entry.label}: {error}"))
+                st.error(escape_markdown(f"{subject.label}: {error}"))
                 continue
-            probabilities = predict_probabilities(loaded, digit.tensor)[0].tolist()
             top = int(np.argmax(probabilities))
-            accuracy = f", test accuracy {entry.test_accuracy:.2%}" if entry.test_accuracy is not None else ""
-            st.markdown(f"**{escape_markdown(entry.label)}** says **{top}** ({probabilities[top]:.1%})  \n{entry.arch}{accuracy}")
+            st.markdown(f"**{escape_markdown(subject.label)}** says **{top}** ({probabilities[top]:.1%})")
+            if not presenting:
+                accuracy = subject.members[0].test_accuracy if subject.kind != "ensemble" else None
+                details = f"{subject.arch}, test accuracy {accuracy:.2%}" if accuracy is not None else subject.arch
+                st.caption(escape_markdown(details))
             st.plotly_chart(probabilities_figure(probabilities), key=f"probabilities_{key}")
+            if method is not None:
+                try:
+                    models = [load_cached(member.path).model for member in subject.members]
+                    saliency = ensemble_saliency(models, moved_image, top, method)
+                except LabError as error:
+                    st.error(escape_markdown(f"{subject.label}: {error}"))
+                    continue
+                title = f"why {top}: {METHODS[method]}"
+                st.plotly_chart(saliency_figure(moved_image, saliency, title=title), key=f"saliency_{key}")
+
+    if sweeps:
+        st.subheader("How the answers change as the digit moves")
+        if not presenting:
+            st.caption(
+                "One row per model and one column per setting: the number is the model's answer, the colour its "
+                "confidence. Each chart varies one setting and keeps the other two as set above (red box)."
+            )
+        current = {"x_shift": shift_x, "y_shift": shift_y, "rotation": angle}
+        for axis, tab in zip(current, st.tabs([AXIS_NAMES[axis].capitalize() for axis in current])):
+            with tab:
+                rows = [(by_key[key].label, sweep[axis]) for key, sweep in sweeps.items()]
+                st.plotly_chart(prediction_sweep_figure(rows, axis, current[axis]), key=f"sweep_{axis}")
