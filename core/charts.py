@@ -180,6 +180,7 @@ def stage_diagram(stages: list[dict[str, Any]], *, arch: str) -> str:
     body = "\n    ".join(nodes)
     return f"digraph {{\n    rankdir=LR\n    node [shape=box, fontname=Helvetica, fontsize=11]\n    {body}\n    {edges}\n}}"
 
+
 # -- invariance lab and Draw page saliency ------------------------------------------------------------
 
 INVARIANCE_AXIS_TITLES = {
@@ -271,3 +272,110 @@ def saliency_figure(image: Any, saliency: Any, *, title: str) -> go.Figure:
     fig.update_layout(title=_escape_plotly(title), height=280, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
 
+
+# -- Compare page: smoothed training curves, per-class accuracy and confusion differences -------------
+
+METRIC_DASH = {"val_loss": "dash", "val_accuracy": "dash"}  # validation dashed, training solid
+
+
+def curve_figure(
+    curves: list, *, title: str, x_title: str, y_title: str, log_x: bool = False, log_y: bool = False,
+    percent: bool = False, band_name: str = "min to max", show_raw: bool = True,
+) -> go.Figure:
+    """Draw ``core.curves.Curve`` lines: smoothed in full colour, the raw series faint behind, a group's band shaded.
+
+    Colours follow each curve's ``color_index``, so one run keeps its colour on every chart.
+    """
+    from core.curves import METRIC_NAMES
+
+    fig = go.Figure()
+    for curve in curves:
+        color = _color(curve.color_index)
+        name = f"{_escape_plotly(curve.label)} {METRIC_NAMES[curve.metric]}"
+        dash = METRIC_DASH.get(curve.metric, "solid")
+        x = curve.x.tolist()
+        if curve.low is not None and curve.runs > 1:
+            fig.add_scatter(
+                x=x + x[::-1], y=curve.high.tolist() + curve.low.tolist()[::-1], fill="toself", mode="lines",
+                line={"width": 0}, fillcolor=_transparent(color, 0.18), hoverinfo="skip",
+                name=f"{name}: {band_name} over {curve.runs} seeds",
+            )
+        if show_raw:
+            fig.add_scatter(
+                x=x, y=curve.raw.tolist(), mode="lines", line={"color": color, "width": 1, "dash": dash}, opacity=0.25,
+                hoverinfo="skip", showlegend=False, name=f"{name} (raw)",
+            )
+        label = f"{name} (mean of {curve.runs} seeds)" if curve.runs > 1 else name
+        fig.add_scatter(x=x, y=curve.y.tolist(), mode="lines", line={"color": color, "width": 2, "dash": dash}, name=label)
+
+    # Long run names put each legend entry on its own line under the plot: grow the figure with them.
+    entries = sum(1 for trace in fig.data if trace.showlegend is not False)
+    _layout(fig, title=title, x_title=x_title, y_title=y_title, log_y=log_y, height=320 + 22 * entries)
+    fig.update_layout(legend={"orientation": "h", "y": -0.25, "yanchor": "top", "x": 0})
+    if log_x:
+        fig.update_xaxes(type="log")
+    if percent:
+        fig.update_yaxes(tickformat=".1%")
+    if not fig.data:
+        fig.add_annotation(text="no logged points", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    return fig
+
+
+def per_class_figure(labels: list[str], accuracies: list[list[float]], color_indices: list[int] | None = None) -> go.Figure:
+    """Grouped bars of test accuracy per digit, one colour per subject.
+
+    The y axis starts just below the lowest bar, because on MNIST most classes sit
+    near 99% and bars from zero would look identical. ``color_indices`` match the
+    colours of other charts (default: 0, 1, 2, ...).
+    """
+    fig = go.Figure()
+    digits = [str(d) for d in range(10)]
+    color_indices = color_indices or list(range(len(labels)))
+    for label, values, color_index in zip(labels, accuracies, color_indices):
+        fig.add_bar(
+            x=digits, y=values, name=_escape_plotly(label), marker_color=_color(color_index),
+            hovertemplate="digit %{x}: %{y:.2%}<extra>%{fullData.name}</extra>",
+        )
+    lowest = min((min(values) for values in accuracies if values), default=0.0)
+    fig.update_yaxes(range=[max(0.0, lowest - 0.01), 1.0], tickformat=".1%")
+    fig.update_xaxes(type="category")
+    fig.update_layout(barmode="group")
+    return _layout(fig, title="Test accuracy per digit", x_title="true digit", y_title="accuracy (axis does not start at 0)")
+
+
+def confusion_difference_figure(difference: Any, a_matrix: Any, b_matrix: Any, *, a_label: str, b_label: str) -> go.Figure:
+    """Heatmap of B's confusion matrix minus A's on a diverging scale centred at 0, diagonal included.
+
+    On the diagonal a positive cell means B gets more of that digit right; off the
+    diagonal it means B makes that mistake more often. Group counts are means over seeds.
+    """
+    import numpy as np
+
+    difference, a_matrix, b_matrix = (np.asarray(m, dtype=np.float64) for m in (difference, a_matrix, b_matrix))
+    digits = [str(d) for d in range(len(difference))]
+    whole = np.allclose(difference, np.round(difference)) and np.allclose(a_matrix, np.round(a_matrix))
+    number = "{:+.0f}" if whole else "{:+.1f}"
+    count = "{:.0f}" if whole else "{:.1f}"
+    hover = []
+    for true in range(len(difference)):
+        row = []
+        for predicted in range(len(difference)):
+            change = number.format(difference[true, predicted])
+            counts = f"A {count.format(a_matrix[true, predicted])}, B {count.format(b_matrix[true, predicted])}"
+            if true == predicted:
+                row.append(f"true {true} classified correctly: B minus A = {change} ({counts}); positive favours B")
+            else:
+                row.append(f"true {true} predicted as {predicted}: B minus A = {change} ({counts}); positive: B errs more")
+        hover.append(row)
+    reach = float(np.abs(difference).max()) or 1.0
+    fig = go.Figure(
+        go.Heatmap(
+            z=difference, x=digits, y=digits, colorscale="RdBu", reversescale=True, zmid=0, zmin=-reach, zmax=reach,
+            text=[[number.format(v) if v else "" for v in row] for row in difference], texttemplate="%{text}",
+            customdata=hover, hovertemplate="%{customdata}<extra></extra>", colorbar={"title": {"text": "B − A"}},
+        )
+    )
+    fig.update_xaxes(dtick=1)
+    fig.update_yaxes(autorange="reversed", dtick=1)
+    title = f"Confusion difference: B ({_escape_plotly(b_label)}) minus A ({_escape_plotly(a_label)})"
+    return _layout(fig, title=title, x_title="predicted", y_title="true", height=440)
