@@ -1,0 +1,102 @@
+"""Presentation mode: a projector view with larger fonts and no editing controls.
+
+It is on when the sidebar toggle is on or the URL has ``?present=1``. The two are
+kept in sync. Turning the toggle on writes the query parameter, so the URL can be
+shared, and turning it off removes it. Pages read ``is_presenting()`` (or
+``st.session_state.get(STATE_KEY)``) to hide what only the author needs.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.escaping import escape_markdown
+
+STATE_KEY = "presentation_mode"  # the toggle's widget key, so session state contains the mode
+QUERY_PARAM = "present"
+ON_VALUES = ("1", "true", "yes", "on")
+OFF_VALUES = ("0", "false", "no", "off")
+FIGURE_FONT_SIZE = 18  # plotly draws its text itself, so CSS does not reach it
+ROOT_FONT_PX = 21
+SIZE_SCALE = ROOT_FONT_PX / 16  # Streamlit's default root font is 16 px; rem-sized elements grow by this factor
+
+# Streamlit sizes its text in rem, so a larger root font scales headings, widgets,
+# captions and the data grid's rows together.
+CSS = f"""
+<style>
+html {{ font-size: {ROOT_FONT_PX}px; }}
+[data-testid="stMainBlockContainer"] {{ max-width: 100%; padding-left: 2.5rem; padding-right: 2.5rem; }}
+h1 {{ font-size: 2.6rem !important; }}
+h2, h3 {{ font-size: 1.8rem !important; }}
+[data-testid="stMetricValue"] {{ font-size: 2.4rem; }}
+</style>
+"""
+
+
+def parse_flag(value: str | None) -> bool | None:
+    """Return True or False for a ``present`` value, or None when it is missing or not a known word."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if text in ON_VALUES:
+        return True
+    if text in OFF_VALUES:
+        return False
+    return None
+
+
+def sync_from_query() -> str | None:
+    """Turn the mode on or off from ``?present=`` before the toggle is drawn; return a warning for a bad value.
+
+    Only a parameter in the URL changes the mode, so a session that turned it off
+    keeps it off (the toggle removes the parameter when it turns the mode off).
+    """
+    raw = st.query_params.get(QUERY_PARAM)
+    flag = parse_flag(raw)
+    if flag is not None:
+        st.session_state[STATE_KEY] = flag
+        if not flag:
+            del st.query_params[QUERY_PARAM]
+        return None
+    if raw is not None:
+        return f"present={escape_markdown(raw)} is not a valid switch; use ?present=1 to turn presentation mode on or ?present=0 to turn it off"
+    return None
+
+
+def is_presenting() -> bool:
+    """Return whether presentation mode is on for this session, reading ``?present=`` when the state has no value yet."""
+    if STATE_KEY not in st.session_state:
+        flag = parse_flag(st.query_params.get(QUERY_PARAM))
+        return bool(flag)
+    return bool(st.session_state[STATE_KEY])
+
+
+def _write_query() -> None:
+    if st.session_state.get(STATE_KEY):
+        st.query_params[QUERY_PARAM] = "1"
+    elif QUERY_PARAM in st.query_params:
+        del st.query_params[QUERY_PARAM]
+
+
+def render_toggle() -> bool:
+    """Draw the sidebar toggle, keep ``?present=1`` in the URL while it is on, and return the mode."""
+    presenting = st.toggle(
+        "Presentation mode", key=STATE_KEY, on_change=_write_query,
+        help="Larger fonts for a projector; only Compare and Draw, without editing controls. The URL gets ?present=1.",
+    )
+    if presenting and st.query_params.get(QUERY_PARAM) != "1":
+        st.query_params[QUERY_PARAM] = "1"  # switching pages drops query parameters; put it back
+    return presenting
+
+
+def apply_style() -> None:
+    """Add the projector CSS to the page while presentation mode is on."""
+    if is_presenting():
+        st.html(CSS)
+
+
+def present_figure(fig):
+    """Enlarge a plotly figure's text while presentation mode is on; return the figure."""
+    if is_presenting():
+        fig.update_layout(font={"size": FIGURE_FONT_SIZE}, height=max(fig.layout.height or 0, 460))
+    return fig
