@@ -137,13 +137,50 @@ def cmd_archs(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from core.devices import configure_threads
-    from core.runner import execute_run, export_run
+    from core.store import MAX_SEEDS, StoreError
 
     configure_threads(args.threads)
-    store, run_id = _resume_run(args) if args.resume is not None else _create_run(args)
+    if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
+        raise LabError(f"--seeds must be between 1 and {MAX_SEEDS}, got {args.seeds}")
+    if (args.seeds or 1) > 1 and args.export:
+        raise LabError("--export writes one model, but --seeds trains several; export a run afterwards with: python -m core export RUN PATH")
+    store, run_ids = _resume_run(args) if args.resume is not None else _create_runs(args)
+
+    results, code = [], 0
+    for index, run_id in enumerate(run_ids):
+        if index > 0:
+            try:
+                store.mark_running(run_id, os.getpid())
+            except StoreError as error:  # the app's worker took it: it trains there, not twice
+                log.warning("run %d: %s; skipping it here", run_id, error)
+                continue
+        run_code, result = _train_one(args, store, run_id)
+        if run_code == 130:
+            for waiting in run_ids[index + 1 :]:
+                store.request_cancel(waiting)  # queued runs would otherwise wait for the app's worker
+            if run_ids[index + 1 :]:
+                print(f"the group's runs {', '.join(map(str, run_ids[index + 1:]))} were cancelled before they started", file=sys.stderr)
+            return 130
+        results.append(result)
+        code = max(code, run_code)
+
+    if len(run_ids) == 1:
+        if args.json:
+            print(json.dumps(results[0], indent=2))
+        elif results and results[0]["status"] == "completed":
+            print(_run_line(results[0]))
+        return code
+    _print(args, _group_result(run_ids[0], results), _group_text(run_ids[0], results))
+    return code
+
+
+def _train_one(args: argparse.Namespace, store: Any, run_id: int) -> tuple[int, dict[str, Any]]:
+    """Train one stored run in the foreground with a progress bar; return the exit code and the result."""
+    from tqdm import tqdm
+
+    from core.runner import execute_run, export_run
+
     arch = store.get_run(run_id)["arch"]
     bar = tqdm(total=None, unit="step", disable=args.json or not sys.stderr.isatty() and not args.progress, file=sys.stderr)
 
@@ -174,47 +211,60 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"Continue it with: python -m core --store {store.root} train --resume {run_id}",
             file=sys.stderr,
         )
-        return 130
+        return 130, {}
     bar.close()
 
     if run["status"] != "completed":
         print(f"run {run_id} {run['status']}: {run['error']}", file=sys.stderr)
-        if args.json:
-            print(json.dumps({"run_id": run_id, "arch": arch, "status": run["status"], "error": run["error"]}))
-        return 1
+        return 1, {"run_id": run_id, "arch": arch, "status": run["status"], "error": run["error"]}
 
     if args.export:
         exported = export_run(store, run_id, args.export, command=" ".join(["python -m core"] + sys.argv[1:]))
         log.info("run %d: exported weights to %s", run_id, exported)
 
-    result = {
-        "run_id": run_id,
-        "name": run["name"],
-        "arch": run["arch"],
-        "params": run["params"],
-        "device": run["device"],
-        "status": run["status"],
-        "epochs_completed": run["epochs_completed"],
-        "best_val_accuracy": run["best_val_accuracy"],
-        "test_accuracy": run["test_accuracy"],
-        "test_loss": run["test_loss"],
-        "wall_time_s": run["wall_time_s"],
-        "checkpoint": run["checkpoint"],
-    }
-    text = (
-        f"run {run_id} ({run['arch']}, {run['params']:,} params) completed: "
-        f"test_accuracy {run['test_accuracy']:.4f}, test_loss {run['test_loss']:.4f}, {run['wall_time_s']:.1f} s"
+    keys = ("name", "arch", "params", "device", "status", "epochs_completed", "best_val_accuracy", "test_accuracy",
+            "test_loss", "wall_time_s", "checkpoint")
+    result = {"run_id": run_id, **{key: run[key] for key in keys}, "seed": run["train_config"].get("seed")}
+    if (args.seeds or 1) > 1:
+        print(_run_line(result), file=sys.stderr)  # each seed's line as it finishes; stdout gets the group summary
+    return 0, result
+
+
+def _run_line(result: dict[str, Any]) -> str:
+    return (
+        f"run {result['run_id']} ({result['arch']}, {result['params']:,} params) completed: "
+        f"test_accuracy {result['test_accuracy']:.4f}, test_loss {result['test_loss']:.4f}, {result['wall_time_s']:.1f} s"
     )
-    _print(args, result, text)
-    return 0
 
 
-def _create_run(args: argparse.Namespace) -> tuple[Any, int]:
-    """Validate the requested config, then store it as a run marked running in this process."""
+def _group_result(group_id: int, results: list[dict[str, Any]]) -> dict[str, Any]:
+    from core.stats import mean_and_std
+
+    accuracies = [r["test_accuracy"] for r in results if r.get("status") == "completed"]
+    mean, std = mean_and_std(accuracies) if accuracies else (None, None)
+    return {
+        "group": group_id, "group_name": f"g{group_id}", "runs": results, "completed": len(accuracies),
+        "test_accuracy_mean": mean, "test_accuracy_std": std,
+    }
+
+
+def _group_text(group_id: int, results: list[dict[str, Any]]) -> str:
+    summary = _group_result(group_id, results)
+    if summary["test_accuracy_mean"] is None:
+        return f"seed group g{group_id}: no run completed"
+    return (
+        f"seed group g{group_id}: {summary['completed']} of {len(results)} runs completed, test_accuracy "
+        f"{summary['test_accuracy_mean']:.4f} +- {summary['test_accuracy_std']:.4f} (mean +- standard deviation over seeds); "
+        f"compare it with: python -m core compare g{group_id} OTHER"
+    )
+
+
+def _create_runs(args: argparse.Namespace) -> tuple[Any, list[int]]:
+    """Validate the requested config, then store its run (or one per seed) with the first marked running here."""
     from core.data import load_raw
     from core.models import default_model_config, default_train_settings
     from core.models.config import config_to_dict
-    from core.training import prepare_run
+    from core.training import MAX_SEED, prepare_run
 
     if args.arch is None:
         raise LabError("train needs --arch ARCH for a new run, or --resume RUN to continue a stopped one")
@@ -232,9 +282,16 @@ def _create_run(args: argparse.Namespace) -> tuple[Any, int]:
     train_config = config_to_dict(parsed)
     load_raw(args.data_dir)  # missing or broken MNIST fails here, before a run is stored
     store = _store(args)
-    run_id = store.create_run(model_config, train_config, name=args.name, status="running", source="cli", pid=os.getpid())
-    log.info("run %d: created in %s", run_id, store.root)
-    return store, run_id
+    if (args.seeds or 1) == 1:
+        run_id = store.create_run(model_config, train_config, name=args.name, status="running", source="cli", pid=os.getpid())
+        log.info("run %d: created in %s", run_id, store.root)
+        return store, [run_id]
+    seeds = [train_config["seed"] + offset for offset in range(args.seeds)]
+    if seeds[-1] > MAX_SEED:
+        raise LabError(f"--seeds {args.seeds} from seed {seeds[0]} goes past the largest seed {MAX_SEED}; start from a smaller --seed")
+    run_ids = store.create_seed_group(model_config, train_config, seeds, name=args.name, status="running", source="cli", pid=os.getpid())
+    log.info("seed group g%d: runs %s with seeds %s created in %s", run_ids[0], run_ids, seeds, store.root)
+    return store, run_ids
 
 
 def _fit_to_budget(model_config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -252,10 +309,10 @@ def _fit_to_budget(model_config: dict[str, Any], args: argparse.Namespace) -> di
 
 # Options that set a config; a resumed run keeps the config it was started with.
 RESUME_CONFLICTS = ("arch", "epochs", "device", "seed", "lr", "batch_size", "train_subset", "name", "set", "budget",
-                    "augment", "elastic", "compile")
+                    "augment", "elastic", "compile", "seeds")
 
 
-def _resume_run(args: argparse.Namespace) -> tuple[Any, int]:
+def _resume_run(args: argparse.Namespace) -> tuple[Any, list[int]]:
     """Mark a stopped run as running in this process; training continues from its saved state."""
     from core.data import load_raw
 
@@ -270,24 +327,25 @@ def _resume_run(args: argparse.Namespace) -> tuple[Any, int]:
     store.recover_stale_runs()  # a run whose process died is still "running" until this notices
     run = store.reopen_for_resume(args.resume, status="running", pid=os.getpid())
     log.info("run %d: resuming in %s after epoch %d", run["id"], store.root, run["epochs_completed"])
-    return store, run["id"]
+    return store, [run["id"]]
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
     store = _store(args)
     store.recover_stale_runs()
-    keys = ("id", "name", "arch", "params", "device", "status", "epochs_completed", "best_val_accuracy", "test_accuracy", "wall_time_s", "error")
+    keys = ("id", "name", "arch", "params", "device", "status", "epochs_completed", "best_val_accuracy", "test_accuracy", "wall_time_s",
+            "seed_group", "error")
     runs = [{k: run[k] for k in keys} for run in store.list_runs()]
 
     def fmt(value: Any, spec: str) -> str:
         return format(value, spec) if value is not None else "-"
 
-    lines = [f"{'id':>4}  {'name':<24} {'arch':<13} {'params':>8} {'status':<11} {'epochs':>6} {'val_acc':>8} {'test_acc':>8} {'time_s':>8}"]
+    lines = [f"{'id':>4}  {'name':<24} {'arch':<13} {'params':>8} {'status':<11} {'epochs':>6} {'val_acc':>8} {'test_acc':>8} {'time_s':>8}  group"]
     for r in runs:
         lines.append(
             f"{r['id']:>4}  {r['name'][:24]:<24} {r['arch']:<13} {fmt(r['params'], ',d'):>8} {r['status']:<11} "
             f"{r['epochs_completed']:>6} {fmt(r['best_val_accuracy'], '.4f'):>8} {fmt(r['test_accuracy'], '.4f'):>8} "
-            f"{fmt(r['wall_time_s'], '.1f'):>8}"
+            f"{fmt(r['wall_time_s'], '.1f'):>8}  {'g' + str(r['seed_group']) if r['seed_group'] else '-'}"
         )
     _print(args, runs, "\n".join(lines) if runs else f"no runs in {store.root}")
     return 0
@@ -480,7 +538,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-
 # -- invariance -------------------------------------------------------------
 
 
@@ -580,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "  python -m core train --arch cnn --set stages.*.kernel_size=[1,7]\n"
                               "  python -m core train --arch mobilenetv2 --set stages.1.groups=1 --set lr=0.01\n"
                               "  python -m core train --arch vit --budget 68k --augment\n"
+                              "  python -m core train --arch dense --seeds 3\n"
                               "  python -m core train --resume 12",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=list(ARCHITECTURES), help="architecture to train (required unless --resume)")
@@ -588,6 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="passes over the 55,000 training images (default 5)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default=None, help="training device (default auto: cuda, then mps, then cpu)")
     p.add_argument("--seed", type=int, default=None, help="random seed for weights and batch order (default 0)")
+    p.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="train N runs of this config with seeds SEED, SEED+1, ... one after another, as one seed group "
+                        "that Compare shows as mean and spread (default 1)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.003)")
     p.add_argument("--batch-size", type=int, default=None, help="images per step (default 128)")
     p.add_argument("--train-subset", type=int, default=None, help="train on the first N of the 55,000 training images")
