@@ -189,7 +189,11 @@ INVARIANCE_AXIS_TITLES = {
     "rotation": "rotation (degrees, + turns counter-clockwise)",
 }
 # Red for pixels that support the prediction, blue for pixels against it, transparent at 0 so the ink shows through.
-SALIENCY_COLORSCALE = [[0.0, "rgba(33, 102, 172, 0.95)"], [0.5, "rgba(255, 255, 255, 0)"], [1.0, "rgba(214, 39, 40, 0.95)"]]
+# Opacity rises quickly near 0, because most pixels of a map are far below its largest value.
+SALIENCY_COLORSCALE = [
+    [0.0, "rgba(33, 102, 172, 1)"], [0.35, "rgba(33, 102, 172, 0.75)"], [0.5, "rgba(255, 255, 255, 0)"],
+    [0.65, "rgba(214, 39, 40, 0.75)"], [1.0, "rgba(214, 39, 40, 1)"],
+]
 
 
 def _transparent(color: str, alpha: float) -> str:
@@ -261,14 +265,14 @@ def saliency_figure(image: Any, saliency: Any, *, title: str) -> go.Figure:
     reach = float(np.abs(saliency).max()) or 1.0  # a symmetric scale keeps 0 transparent
     fig = go.Figure()
     # The ink goes up to mid-gray only, so the red overlay stays visible on top of the strokes.
-    fig.add_heatmap(z=np.asarray(image), colorscale=[[0, "black"], [1, "#9a9a9a"]], zmin=0, zmax=1, showscale=False, hoverinfo="skip")
+    fig.add_heatmap(z=np.asarray(image), colorscale=[[0, "black"], [1, "#8c8c8c"]], zmin=0, zmax=1, showscale=False, hoverinfo="skip")
     fig.add_heatmap(
         z=saliency, colorscale=SALIENCY_COLORSCALE, zmin=-reach, zmax=reach,
         colorbar={"tickvals": [-reach, 0, reach], "ticktext": ["against", "0", "for"], "len": 0.8, "thickness": 12},
         hovertemplate="row %{y}, column %{x}: %{z:.3g}<extra></extra>",
     )
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, constrain="domain")
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed", scaleanchor="x")
+    fig.update_xaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, autorange="reversed", scaleanchor="x")
     fig.update_layout(title=_escape_plotly(title), height=280, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
 

@@ -106,7 +106,8 @@ with input_col:
     else:
         moved_image, moved_tensor = transformed_digit(digit.image, dx=shift_x, dy=shift_y, angle_deg=angle)
         caption = None if presenting else "white ink on black, centred by mass" + describe_transform(shift_x, shift_y, angle)
-        st.image(np.kron(moved_image, np.ones((8, 8), dtype=np.float32)), clamp=True, caption=caption)
+        # A fixed width keeps a long caption from stretching the image.
+        st.image(np.kron(moved_image, np.ones((8, 8), dtype=np.float32)), clamp=True, caption=caption, width=28 * 8)
 
 if digit is not None and not chosen:
     st.info("Select at least one model above to see its prediction.")
