@@ -14,6 +14,7 @@ from app.escaping import escape_markdown
 
 STATE_KEY = "presentation_mode"  # the toggle's widget key, so session state contains the mode
 QUERY_PARAM = "present"
+SEEN_KEY = "presentation_query_seen"  # the last ?present= value read or written here
 ON_VALUES = ("1", "true", "yes", "on")
 OFF_VALUES = ("0", "false", "no", "off")
 FIGURE_FONT_SIZE = 18  # plotly draws its text itself, so CSS does not reach it
@@ -48,15 +49,18 @@ def parse_flag(value: str | None) -> bool | None:
 def sync_from_query() -> str | None:
     """Turn the mode on or off from ``?present=`` before the toggle is drawn; return a warning for a bad value.
 
-    Only a parameter in the URL changes the mode, so a session that turned it off
-    keeps it off (the toggle removes the parameter when it turns the mode off).
+    The URL is read as input only when its value differs from the last one seen or
+    written here. So the toggle wins over a URL that still shows the old state
+    while a rerun starts, and a page switch that drops the parameter changes nothing.
     """
     raw = st.query_params.get(QUERY_PARAM)
+    if raw == st.session_state.get(SEEN_KEY):
+        return None
+    st.session_state[SEEN_KEY] = raw
+
     flag = parse_flag(raw)
     if flag is not None:
         st.session_state[STATE_KEY] = flag
-        if not flag:
-            del st.query_params[QUERY_PARAM]
         return None
     if raw is not None:
         return f"present={escape_markdown(raw)} is not a valid switch; use ?present=1 to turn presentation mode on or ?present=0 to turn it off"
@@ -71,21 +75,18 @@ def is_presenting() -> bool:
     return bool(st.session_state[STATE_KEY])
 
 
-def _write_query() -> None:
-    if st.session_state.get(STATE_KEY):
-        st.query_params[QUERY_PARAM] = "1"
-    elif QUERY_PARAM in st.query_params:
-        del st.query_params[QUERY_PARAM]
-
-
 def render_toggle() -> bool:
-    """Draw the sidebar toggle, keep ``?present=1`` in the URL while it is on, and return the mode."""
+    """Draw the sidebar toggle, keep ``?present=1`` in the URL exactly while it is on, and return the mode."""
     presenting = st.toggle(
-        "Presentation mode", key=STATE_KEY, on_change=_write_query,
+        "Presentation mode", key=STATE_KEY,
         help="Larger fonts for a projector; only Compare and Draw, without editing controls. The URL gets ?present=1.",
     )
+    # Switching pages drops query parameters, and turning the toggle off must remove this one.
     if presenting and st.query_params.get(QUERY_PARAM) != "1":
-        st.query_params[QUERY_PARAM] = "1"  # switching pages drops query parameters; put it back
+        st.query_params[QUERY_PARAM] = "1"
+    elif not presenting and QUERY_PARAM in st.query_params:
+        del st.query_params[QUERY_PARAM]
+    st.session_state[SEEN_KEY] = st.query_params.get(QUERY_PARAM)
     return presenting
 
 
