@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
 from app.escaping import escape_markdown
+from app.presentation import present_figure
 from core.charts import invariance_figure
 from core.compare import Subject
 from core.data import resolve_data_dir
+from core.devices import cpu_threads
 from core.errors import LabError
 from core.invariance import (
     AXES, DEFAULT_IMAGES, TEST_SET_SIZE, InvarianceSettings, cached_result, describe_invariance, measure_subjects,
@@ -20,7 +24,7 @@ def render_invariance(store: RunStore, subjects: list[Subject]) -> None:
 
     Measured curves are cached in the run store, so later visits show them without the button.
     """
-    st.subheader("Shift and rotation")
+    st.subheader("Invariance: shift and rotation")
     if not subjects:
         st.info("Select models, seed groups or ensembles to see how their accuracy survives shifts and rotation.")
         return
@@ -44,10 +48,12 @@ def render_invariance(store: RunStore, subjects: list[Subject]) -> None:
         if st.button(f"Compute ({len(missing)} of {len(subjects)})", key="invariance_compute"):
             bar = st.progress(0.0, text="Loading the test images...")
             try:
-                measured = measure_subjects(
-                    missing, store, settings, data_dir=resolve_data_dir(),
-                    on_progress=lambda fraction, message: bar.progress(min(fraction, 1.0), text=escape_markdown(message)),
-                )
+                # The app classifies drawings with one thread; this one-off measurement may use every core.
+                with cpu_threads(os.cpu_count() or 1):
+                    measured = measure_subjects(
+                        missing, store, settings, data_dir=resolve_data_dir(),
+                        on_progress=lambda fraction, message: bar.progress(min(fraction, 1.0), text=escape_markdown(message)),
+                    )
             except LabError as error:
                 bar.empty()
                 st.error(escape_markdown(str(error)))
@@ -60,6 +66,6 @@ def render_invariance(store: RunStore, subjects: list[Subject]) -> None:
         return
     for axis, column in zip(AXES, st.columns(len(AXES))):
         with column:
-            st.plotly_chart(invariance_figure(ready, axis), key=f"invariance_{axis}")
+            st.plotly_chart(present_figure(invariance_figure(ready, axis)), key=f"invariance_{axis}")
     for result in ready:
         st.markdown(f"- {escape_markdown(describe_invariance(result))}")

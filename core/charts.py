@@ -90,7 +90,8 @@ def confusion_figure(matrix: list[list[int]], *, title: str) -> go.Figure:
             text=matrix, texttemplate="%{text}", hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>",
         )
     )
-    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(type="category")  # every digit labelled, not every other one
+    fig.update_yaxes(type="category", autorange="reversed")
     return _layout(fig, title=_escape_plotly(title), x_title="predicted", y_title="true", height=360)
 
 

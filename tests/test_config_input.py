@@ -39,7 +39,7 @@ def assert_store_layout(store: Path) -> None:
     for folder in checkpoints.iterdir() if checkpoints.exists() else []:
         assert folder.is_dir(), folder
         assert re.fullmatch(r"[1-9][0-9]*", folder.name), folder
-        assert {p.name for p in folder.iterdir()} <= {"model.safetensors", "model.json"}, folder
+        assert {p.name for p in folder.iterdir()} <= {"model.safetensors", "model.json", "test_outputs.safetensors"}, folder
 
 
 def tree(root: Path) -> set[str]:

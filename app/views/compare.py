@@ -12,6 +12,8 @@ import numpy as np
 import streamlit as st
 
 from app.escaping import escape_markdown
+from app.export_view import render_export
+from app.invariance_view import render_invariance
 from app.presentation import SIZE_SCALE, is_presenting, present_figure
 from app.services import get_store, list_shipped, mnist_test_set
 from core.charts import (
@@ -427,13 +429,10 @@ else:
         render_differences(pair, chosen, outputs)
     render_confusion_matrices(selected)
 
-# The invariance view of the selected subjects goes here.
-# TODO: call app.invariance_view.render_invariance(store, chosen) here.
-st.subheader("Invariance")
+render_invariance(store, chosen)
 
-# Export of the table and the selected subjects goes here.
-# TODO: call app.export_view.render_export(store, chosen, rows) here.
 st.subheader("Export")
+render_export(store, chosen, rows)
 
 if not presenting:
     st.subheader("Edit")

@@ -6,6 +6,7 @@ import numpy as np
 import streamlit as st
 
 from app.escaping import escape_markdown
+from app.presentation import is_presenting, present_figure
 from app.services import get_store, list_shipped
 from core.charts import prediction_sweep_figure, probabilities_figure, saliency_figure
 from core.compare import list_subjects
@@ -21,7 +22,7 @@ SWEEP = InvarianceSettings()  # the ranges of the sliders below and of the Compa
 DRAW_KINDS = ("shipped", "run", "ensemble")  # a seed group's runs are listed one by one instead
 
 store = get_store()
-presenting = bool(st.session_state.get("presentation_mode"))
+presenting = is_presenting()
 st.title("Draw")
 
 subjects = [s for s in list_subjects(store, list_shipped()) if s.kind in DRAW_KINDS]
@@ -142,7 +143,7 @@ if digit is not None and chosen:
                 accuracy = subject.members[0].test_accuracy if subject.kind != "ensemble" else None
                 details = f"{subject.arch}, test accuracy {accuracy:.2%}" if accuracy is not None else subject.arch
                 st.caption(escape_markdown(details))
-            st.plotly_chart(probabilities_figure(probabilities), key=f"probabilities_{key}")
+            st.plotly_chart(present_figure(probabilities_figure(probabilities)), key=f"probabilities_{key}")
             if method is not None:
                 try:
                     models = [load_cached(member.path).model for member in subject.members]
@@ -151,7 +152,7 @@ if digit is not None and chosen:
                     st.error(escape_markdown(f"{subject.label}: {error}"))
                     continue
                 title = f"why {top}: {METHODS[method]}"
-                st.plotly_chart(saliency_figure(moved_image, saliency, title=title), key=f"saliency_{key}")
+                st.plotly_chart(present_figure(saliency_figure(moved_image, saliency, title=title)), key=f"saliency_{key}")
 
     if sweeps:
         st.subheader("How the answers change as the digit moves")
@@ -164,4 +165,4 @@ if digit is not None and chosen:
         for axis, tab in zip(current, st.tabs([AXIS_NAMES[axis].capitalize() for axis in current])):
             with tab:
                 rows = [(by_key[key].label, sweep[axis]) for key, sweep in sweeps.items()]
-                st.plotly_chart(prediction_sweep_figure(rows, axis, current[axis]), key=f"sweep_{axis}")
+                st.plotly_chart(present_figure(prediction_sweep_figure(rows, axis, current[axis])), key=f"sweep_{axis}")
