@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from core.compare import Subject, cost_summary
+from core.compare import Subject, _field_text, cost_summary
 from core.inference import ModelEntry
 from core.predictions import OUTPUTS_NAME, cached_outputs_path, shipped_outputs_path
 from core.stats import mean_and_std
@@ -350,10 +350,6 @@ def ensemble_row(subject: Subject, test_accuracy: float | None) -> dict[str, Any
         "test_accuracy": test_accuracy, "test_accuracy_std": None, "seeds": None, "pending_seeds": None,
         "epochs": None, "training_time_s": None, "device": None, "status": f"ensemble of {len(subject.members)}",
     }
-
-
-def _field_text(receptive_field) -> str | None:
-    return "{} x {}".format(*receptive_field) if receptive_field else None
 
 
 def table_key(rows: list[dict[str, Any]]) -> str:

@@ -28,14 +28,15 @@ from typing import Any, Callable
 import numpy as np
 import plotly.graph_objects as go
 
-from core.charts import _color, _escape_plotly, _layout, accuracy_figure, loss_figure, params_figure
+from core.charts import (
+    accuracy_figure, confusion_difference_figure, invariance_figure, loss_figure, params_figure, per_class_figure,
+)
 from core.compare import (
-    TABLE_COLUMNS, Subject, SubjectOutputs, check_same_test_set, compare_pair, confusion_difference, curves,
+    TABLE_COLUMNS, Subject, SubjectOutputs, check_same_test_set, compare_pair, confusion_difference, confusion_matrix, curves,
     images_all_get_wrong, images_only_a_gets_right, model_outputs, per_class_accuracy, subject_outputs, subject_summary,
 )
 from core.errors import DataError, LabError
 from core.inference import ModelEntry
-from core.models.config import NUM_CLASSES
 from core.predictions import TestOutputs
 from core.store import RunStore
 
@@ -257,48 +258,6 @@ def subject_rows(comparison: Comparison) -> list[dict[str, Any]]:
     ]
 
 
-def per_class_figure(labels: list[str], accuracies: list[list[float]]) -> go.Figure:
-    """Grouped bars of test accuracy per digit, one colour per subject."""
-    fig = go.Figure()
-    digits = [str(digit) for digit in range(NUM_CLASSES)]
-    for index, (label, values) in enumerate(zip(labels, accuracies)):
-        name = _escape_plotly(label)
-        fig.add_bar(
-            x=digits, y=values, name=name, marker_color=_color(index),
-            hovertemplate=f"{name}<br>digit %{{x}}: %{{y:.2%}}<extra></extra>",
-        )
-    low = min(min(values) for values in accuracies)
-    fig.update_yaxes(tickformat=".1%", range=[max(0.0, low - 0.02), 1.0])  # the interesting part is near 100%
-    fig.update_xaxes(type="category")
-    return _layout(fig, title="Test accuracy per digit", x_title="true digit", y_title="test accuracy", height=380)
-
-
-def difference_confusion_figure(matrix: np.ndarray, a_label: str, b_label: str) -> go.Figure:
-    """Heatmap of B's confusion counts minus A's, red where B errs (or is right) more often, centred at 0."""
-    a_name, b_name = _escape_plotly(a_label), _escape_plotly(b_label)
-    digits = [str(digit) for digit in range(NUM_CLASSES)]
-    reach = float(np.abs(matrix).max()) or 1.0
-    text = [[f"{value:+.3g}" if value else "" for value in row] for row in matrix]
-    fig = go.Figure(
-        go.Heatmap(
-            z=matrix, x=digits, y=digits, text=text, texttemplate="%{text}", colorscale="RdBu", reversescale=True,
-            zmin=-reach, zmax=reach, zmid=0,
-            hovertemplate=f"true %{{y}}, predicted %{{x}}: {b_name} minus {a_name} = %{{z:+.3g}} images<extra></extra>",
-        )
-    )
-    fig.update_yaxes(autorange="reversed")
-    return _layout(
-        fig, title=f"Confusion difference: {b_name} minus {a_name}", x_title="predicted", y_title="true", height=460,
-    )
-
-
-INVARIANCE_AXES = {  # axis name in core.invariance results: (figure title, x-axis title)
-    "x_shift": ("Test accuracy vs shift along x", "shift along x (px; positive moves the digit right)"),
-    "y_shift": ("Test accuracy vs shift along y", "shift along y (px; positive moves the digit down)"),
-    "rotation": ("Test accuracy vs rotation", "rotation (degrees; positive turns counter-clockwise)"),
-}
-
-
 def measure_invariance(
     store: RunStore, subjects: list[Subject], *, images: int | None = None, data_dir: str | os.PathLike | None = None,
     on_progress: ProgressCallback | None = None,
@@ -316,33 +275,6 @@ def measure_invariance(
     return {result.key: result.to_dict() for result in results}
 
 
-def _translucent(color: str, alpha: float) -> str:
-    """Turn '#rrggbb' into an rgba() colour with opacity ``alpha``."""
-    red, green, blue = (int(color[i : i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({red}, {green}, {blue}, {alpha})"
-
-
-def invariance_figure(axis: str, results: list[dict[str, Any]]) -> go.Figure:
-    """Draw one line per subject of accuracy against the transform on ``axis``, with a min-max band over a group's seeds."""
-    title, x_title = INVARIANCE_AXES.get(axis, (f"Test accuracy vs {axis}", axis))
-    fig = go.Figure()
-    for index, result in enumerate(results):
-        curve = result["curves"][axis]
-        name, color = _escape_plotly(result["label"]), _color(index)
-        if result.get("rows", 1) > 1:
-            fig.add_scatter(x=curve["values"], y=curve["high"], mode="lines", line={"width": 0}, showlegend=False, hoverinfo="skip")
-            fig.add_scatter(
-                x=curve["values"], y=curve["low"], mode="lines", line={"width": 0}, fill="tonexty",
-                fillcolor=_translucent(color, 0.2), name=f"{name} seed range", hoverinfo="skip",
-            )
-        fig.add_scatter(
-            x=curve["values"], y=curve["accuracy"], mode="lines+markers", name=name, line={"color": color},
-            hovertemplate=f"{name}<br>%{{x}}: %{{y:.2%}}<extra></extra>",
-        )
-    fig.update_yaxes(tickformat=".0%", range=[0, 1.02])
-    return _layout(fig, title=title, x_title=x_title, y_title="test accuracy", height=360)
-
-
 def _invariance_html(invariance: dict[str, dict[str, Any]]) -> str:
     """Build the invariance section from ``measure_invariance``'s result: three figures and one sentence per subject."""
     results = list(invariance.values())
@@ -353,18 +285,15 @@ def _invariance_html(invariance: dict[str, dict[str, Any]]) -> str:
     images = results[0].get("settings", {}).get("images")
     if images:
         parts.append(f'<p class="note">Measured on the first {images:,} test images; shifts fill the border with background.</p>')
-    axes = [axis for axis in results[0]["curves"] if all(axis in result["curves"] for result in results)]
-    for axis in axes:
-        parts.append(_figure_html(invariance_figure(axis, results)))
-    parts.append("<ul>" + "".join(f"<li>{_text(sentence)}</li>" for sentence in _invariance_sentences(results)) + "</ul>")
-    parts.append("</section>")
-    return "".join(parts)
-
-
-def _invariance_sentences(results: list[dict[str, Any]]) -> list[str]:
     from core.invariance import InvarianceResult, describe_invariance
 
-    return [describe_invariance(InvarianceResult.from_dict(result)) for result in results]
+    measured = [InvarianceResult.from_dict(result) for result in results]
+    axes = [axis for axis in measured[0].curves if all(axis in result.curves for result in measured)]
+    for axis in axes:
+        parts.append(_figure_html(invariance_figure(measured, axis)))
+    parts.append("<ul>" + "".join(f"<li>{_text(describe_invariance(result))}</li>" for result in measured) + "</ul>")
+    parts.append("</section>")
+    return "".join(parts)
 
 
 # -- HTML -----------------------------------------------------------------------------------------------
@@ -500,8 +429,12 @@ def _figures_html(store: RunStore, comparison: Comparison, shipped: list[ModelEn
 
     if len(comparison.subjects) >= 2:
         a, b = comparison.subjects[:2]
-        matrix = confusion_difference(comparison.outputs[a.key], comparison.outputs[b.key])
-        parts.append(_figure_html(difference_confusion_figure(matrix, a.label, b.label)))
+        a_outputs, b_outputs = comparison.outputs[a.key], comparison.outputs[b.key]
+        figure = confusion_difference_figure(
+            confusion_difference(a_outputs, b_outputs), confusion_matrix(a_outputs), confusion_matrix(b_outputs),
+            a_label=a.label, b_label=b.label,
+        )
+        parts.append(_figure_html(figure))
         parts.append(
             f'<p class="note">Each cell is the number of test images of that (true, predicted) kind that {_text(b.label)} '
             f"has minus those {_text(a.label)} has, averaged over seeds for groups. Red off the diagonal: B makes that "
