@@ -48,7 +48,7 @@ TEST_SET_SIZE = 10000
 DEFAULT_IMAGES = 2000
 MAX_SHIFT_LIMIT_PX = 14  # half the frame: a larger shift leaves at most a sliver of any MNIST digit
 MAX_ANGLE_LIMIT_DEG = 180
-EVAL_BATCH_SIZE = 1000
+EVAL_BATCH_SIZE = 256  # on 2 CPU cores the shipped CNN ran 2,000 images in 0.27 s at 256 and 0.42 s at 1,000
 KEEP_FRACTION = 0.95  # the summary reports how far accuracy stays at or above this share of the unshifted accuracy
 
 CACHE_DIR = "cache/invariance"  # under the run store root
