@@ -45,7 +45,8 @@ with st.sidebar:
     render_toggle()
     if query_warning:
         st.warning(query_warning)
-    st.caption(f"Run store: `{store_root}`  \n{worker_status}")
+    if not presenting:  # a projector audience needs neither the folder nor the worker's process id
+        st.caption(f"Run store: `{store_root}`  \n{worker_status}")
     for warning in exposure_warnings(
         st.get_option("server.address"), st.get_option("server.port"), st.get_option("browser.gatherUsageStats")
     ):

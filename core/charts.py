@@ -281,6 +281,7 @@ def saliency_figure(image: Any, saliency: Any, *, title: str) -> go.Figure:
 # -- Compare page: smoothed training curves, per-class accuracy and confusion differences -------------
 
 METRIC_DASH = {"val_loss": "dash", "val_accuracy": "dash"}  # validation dashed, training solid
+MAX_MARKED_POINTS = 60  # curves with at most this many points (per-epoch ones) also get markers
 
 
 def curve_figure(
@@ -311,7 +312,8 @@ def curve_figure(
                 hoverinfo="skip", showlegend=False, name=f"{name} (raw)",
             )
         label = f"{name} (mean of {curve.runs} seeds)" if curve.runs > 1 else name
-        fig.add_scatter(x=x, y=curve.y.tolist(), mode="lines", line={"color": color, "width": 2, "dash": dash}, name=label)
+        mode = "lines+markers" if len(x) <= MAX_MARKED_POINTS else "lines"  # a 1-epoch run is a single point
+        fig.add_scatter(x=x, y=curve.y.tolist(), mode=mode, line={"color": color, "width": 2, "dash": dash}, name=label)
 
     # Long run names put each legend entry on its own line under the plot: grow the figure with them.
     entries = sum(1 for trace in fig.data if trace.showlegend is not False)

@@ -347,6 +347,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
             f"{r['epochs_completed']:>6} {fmt(r['best_val_accuracy'], '.4f'):>8} {fmt(r['test_accuracy'], '.4f'):>8} "
             f"{fmt(r['wall_time_s'], '.1f'):>8}  {'g' + str(r['seed_group']) if r['seed_group'] else '-'}"
         )
+    ensembles = store.list_ensembles()
+    if ensembles:  # text only: --json keeps printing the list of runs
+        lines += ["", "ensembles (compare them as e1, e2, ...):"]
+        lines += [f"  e{e['id']}  {e['name']}: {', '.join(e['members'])}" for e in ensembles]
     _print(args, runs, "\n".join(lines) if runs else f"no runs in {store.root}")
     return 0
 
@@ -534,7 +538,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except OSError as error:
         temporary.unlink(missing_ok=True)
         raise LabError(f"cannot write the report to {output}: {error.strerror or error}; choose a writable path with -o") from error
-    print(f"wrote the report of {len(subjects)} models to {output}")
+    print(f"wrote the report of {len(subjects)} model{'' if len(subjects) == 1 else 's'} to {output}")
     return 0
 
 

@@ -196,11 +196,13 @@ def _groups(runs: list[dict[str, Any]], completed: dict[str, ModelEntry]) -> lis
         first = members[0]
         base = first["name"].rsplit(" seed ", 1)[0]
         seeds = [run["train_config"].get("seed") for run in done]
+        pending = len(members) - len(done)
+        count = f"{len(done)} seed{'' if len(done) == 1 else 's'}" + (f", {pending} not completed" if pending else "")
         subjects.append(
             Subject(
-                key=f"group:{group_id}", label=f"group {group_id} {base} ({len(done)} seeds)", kind="group", arch=first["arch"],
+                key=f"group:{group_id}", label=f"group {group_id} {base} ({count})", kind="group", arch=first["arch"],
                 members=[completed[f"run:{run['id']}"] for run in done], params=first["params"],
-                info={"seeds": seeds, "pending": len(members) - len(done), "run_ids": [run["id"] for run in done]},
+                info={"seeds": seeds, "pending": pending, "run_ids": [run["id"] for run in done]},
             )
         )
     return subjects
@@ -254,9 +256,14 @@ def _unknown_subject_message(spec: str, key: str, store: RunStore) -> str:
             return f"run {value} not found in {store.root}; list the runs with: python -m core runs"
         return f"run {value} is {run['status']}; only completed runs with weights can be compared"
     if kind == "group":
-        return f"seed group {value} has no completed run in {store.root}; groups are named g plus their first run id, e.g. g12"
+        if not any(run.get("seed_group") == int(value) for run in store.list_runs()):
+            return f"seed group {value} not found in {store.root}; groups are named g plus their first run id, e.g. g12 (see: python -m core runs)"
+        return f"seed group {value} has no completed run yet; wait for one of its runs to complete"
     if kind == "ensemble":
-        return f"ensemble {value} not found in {store.root} or one of its members is gone"
+        return (
+            f"ensemble {value} not found in {store.root}, or one of its members is no longer a completed model; "
+            "list the ensembles with: python -m core runs"
+        )
     return (
         f"{spec!r} is not a run id (12), a seed group (g12), an ensemble (e3) or a shipped model name; "
         f"shipped models: {', '.join(p.stem for p in sorted(SHIPPED_DIR.glob('*.safetensors'))) or 'none'}"
@@ -326,18 +333,22 @@ def compare_pair(a: Subject, b: Subject, a_outputs: SubjectOutputs, b_outputs: S
         "a_only": test.a_only, "b_only": test.b_only, "p_value": test.p_value, "seed_p_value": seed_p,
         "significant": test.p_value < SIGNIFICANCE_LEVEL and not low <= 0 <= high,
     }
-    result["sentence"] = describe_pair(result, paired_rows=min(len(a_outputs.correct), len(b_outputs.correct)))
+    result["sentence"] = describe_pair(result, paired_rows=test.pairs)
     return result
 
 
 def describe_pair(pair: Mapping[str, Any], *, paired_rows: int = 1) -> str:
     """Say in one plain sentence whether A and B differ beyond chance on this test set."""
-    better, worse = (pair["a_label"], pair["b_label"]) if pair["difference"] >= 0 else (pair["b_label"], pair["a_label"])
+    # The interval is stated for the better one minus the worse one, so its sign matches the sentence.
+    if pair["difference"] >= 0:
+        better, worse, low, high = pair["a_label"], pair["b_label"], pair["ci_low"], pair["ci_high"]
+    else:
+        better, worse, low, high = pair["b_label"], pair["a_label"], -pair["ci_high"], -pair["ci_low"]
     points = abs(pair["difference"]) * 100
-    interval = f"95% interval {pair['ci_low'] * 100:+.2f} to {pair['ci_high'] * 100:+.2f} points"
+    interval = f"95% interval {low * 100:+.2f} to {high * 100:+.2f} points"
     images = f"{pair['a_only']} images only A gets right, {pair['b_only']} only B"
     if paired_rows > 1:
-        images += f", summed over {paired_rows} seed pairs"
+        images += f", summed over {paired_rows} model pairs"
     seeds = ""
     if pair.get("seed_p_value") is not None:
         seeds = "; across seeds the gap is " + ("larger" if pair["seed_p_value"] < SIGNIFICANCE_LEVEL else "not larger") + (

@@ -174,10 +174,22 @@ def resample(series: list[tuple[np.ndarray, np.ndarray]], max_points: int = MAX_
     return grid, values
 
 
+def align_epochs(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Put several runs' per-epoch (x, y) side by side by epoch; return (mean x per epoch, values (runs, epochs)).
+
+    Seeds reach each epoch at different wall times, so on that axis resampling onto
+    a shared x range can leave nothing (one epoch each: no overlap at all). Epochs
+    common to every run are kept, and each is drawn at the runs' mean position.
+    """
+    count = min(len(x) for x, _ in series)
+    grid = np.mean([x[:count] for x, _ in series], axis=0)
+    return grid, np.stack([y[:count] for _, y in series])
+
+
 def build_curve(source: CurveSource, metric: str, x_axis: str, *, smoothing: float = 0.0, band: str = "range") -> Curve | None:
     """Return the source's curve of ``metric``, or None when it logged no such points.
 
-    A group's runs are resampled onto one grid and smoothed one by one. Its curve
+    A group's runs are resampled onto one grid (epoch metrics: aligned by epoch) and smoothed one by one. Its curve
     is their mean, and its band is their min to max (``band="range"``) or the mean
     ± their sample standard deviation (``band="std"``).
     """
@@ -192,7 +204,7 @@ def build_curve(source: CurveSource, metric: str, x_axis: str, *, smoothing: flo
         x, raw = series[0]
         return Curve(source.label, metric, source.color_index, x, smooth_ema(raw, smoothing), raw)
 
-    grid, raw_runs = resample(series)
+    grid, raw_runs = align_epochs(series) if metric in EPOCH_METRICS else resample(series)
     if not len(grid):
         return None
     smoothed_runs = np.stack([smooth_ema(run, smoothing) for run in raw_runs])

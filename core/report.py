@@ -29,12 +29,13 @@ import numpy as np
 import plotly.graph_objects as go
 
 from core.charts import (
-    accuracy_figure, confusion_difference_figure, invariance_figure, loss_figure, params_figure, per_class_figure,
+    confusion_difference_figure, curve_figure, invariance_figure, params_figure, per_class_figure,
 )
 from core.compare import (
-    TABLE_COLUMNS, Subject, SubjectOutputs, check_same_test_set, compare_pair, confusion_difference, confusion_matrix, curves,
+    TABLE_COLUMNS, Subject, SubjectOutputs, check_same_test_set, compare_pair, confusion_difference, confusion_matrix,
     images_all_get_wrong, images_only_a_gets_right, model_outputs, per_class_accuracy, subject_outputs, subject_summary,
 )
+from core.curves import BANDS, STEP_LOSS, build_curves, curve_sources
 from core.errors import DataError, LabError
 from core.inference import ModelEntry
 from core.predictions import TestOutputs
@@ -320,6 +321,10 @@ details { margin: 6px 0; } summary { cursor: pointer; }
 """
 
 
+def _count_text(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _text(value: Any) -> str:
     return html.escape(str(value))
 
@@ -337,6 +342,8 @@ def _table(header: list[str] | None, rows: list[list[str]], *, number_columns: s
 
 
 def _figure_html(fig: go.Figure) -> str:
+    # Importing Streamlit makes its own plotly template the default, and that one clips axis labels here.
+    fig.update_layout(template="plotly")
     return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True})
 
 
@@ -405,9 +412,31 @@ def _ensemble_html(comparison: Comparison) -> str:
     )
 
 
-def _curve_rows(comparison: Comparison) -> list[dict[str, Any]]:
-    """Return table-like rows (key, name) of every member model, the selection ``core.compare.curves`` reads."""
-    return [{"key": member.key, "name": member.label} for member in _distinct_members(comparison.subjects)]
+REPORT_SMOOTHING = 0.6  # the Compare page's default smoothing weight
+
+
+def _curves_html(store: RunStore, comparison: Comparison, shipped: list[ModelEntry]) -> str:
+    """Draw the loss and accuracy curves as the Compare page does: smoothed, raw faint behind, groups as mean and band."""
+    rows = [{"key": subject.key, "name": subject.label} for subject in comparison.subjects]
+    sources, notes = curve_sources(store, rows, shipped, {subject.key: subject for subject in comparison.subjects})
+    parts = [f'<p class="note">{_text(note)}</p>' for note in notes]
+    if not sources:
+        return "".join(parts) + '<p class="note">None of these models has stored training curves.</p>'
+
+    has_steps = any(history.steps for source in sources for history in source.histories)
+    options = {"x_title": "epoch", "band_name": BANDS["range"], "show_raw": True}
+    figures = (
+        ("Loss", "cross-entropy loss", (STEP_LOSS if has_steps else "train_loss", "val_loss"), False),
+        ("Accuracy", "accuracy", ("train_accuracy", "val_accuracy"), True),
+    )
+    for title, y_title, metrics, percent in figures:
+        lines = [line for metric in metrics for line in build_curves(sources, metric, "epoch", smoothing=REPORT_SMOOTHING)]
+        parts.append(_figure_html(curve_figure(lines, title=title, y_title=y_title, percent=percent, **options)))
+    parts.append(
+        f'<p class="note">Curves are smoothed with an exponential moving average of weight {REPORT_SMOOTHING}, the raw '
+        f"values drawn faint behind. A seed group is the mean of its seeds with a band from {BANDS['range']}.</p>"
+    )
+    return "".join(parts)
 
 
 def _figures_html(store: RunStore, comparison: Comparison, shipped: list[ModelEntry]) -> str:
@@ -416,12 +445,7 @@ def _figures_html(store: RunStore, comparison: Comparison, shipped: list[ModelEn
     scatter.update_traces(mode="markers+text", textposition="top center", textfont_size=11)
     parts.append(_figure_html(scatter))
 
-    names, steps, epochs = curves(store, _curve_rows(comparison), shipped)
-    if steps or epochs:
-        parts.append(_figure_html(loss_figure(names, steps, epochs)))
-        parts.append(_figure_html(accuracy_figure(names, epochs)))
-    else:
-        parts.append('<p class="note">None of these models has stored training curves.</p>')
+    parts.append(_curves_html(store, comparison, shipped))
 
     labels = [s.label for s in comparison.subjects]
     accuracies = [per_class_accuracy(comparison.outputs[s.key]) for s in comparison.subjects]
@@ -575,5 +599,5 @@ def build_report(
         f"</head><body>{body}</body></html>\n"
     )
     progress(1.0, "Report ready")
-    log.info("built a report of %d models (%d kB)", len(subjects), len(document) // 1024)
+    log.info("built a report of %s (%d kB)", _count_text(len(subjects), "model"), len(document) // 1024)
     return document

@@ -32,6 +32,7 @@ class McNemarResult:
     a_only: int  # images A gets right and B gets wrong
     b_only: int  # images B gets right and A gets wrong
     p_value: float
+    pairs: int = 1  # model pairs whose counts were summed: matched seeds, or a single model with each seed
 
 
 def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> McNemarResult:
@@ -39,17 +40,19 @@ def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> McNemarResult:
 
     For groups (several rows each), the discordant counts of the seed pairs
     matched by position (row 0 with row 0, ...) are summed before the test, so
-    every row of the smaller group is used once.
+    every row of the smaller group is used once. A single model (one row) is
+    paired with every seed of a group.
     """
     a_rows, b_rows = _rows(a_correct), _rows(b_correct)
     if a_rows.shape[1] != b_rows.shape[1]:
         raise ValueError(f"both models need results on the same test images, got {a_rows.shape[1]} and {b_rows.shape[1]}")
-    pairs = min(len(a_rows), len(b_rows))
-    a_only = int(np.sum(a_rows[:pairs] & ~b_rows[:pairs]))
-    b_only = int(np.sum(~a_rows[:pairs] & b_rows[:pairs]))
+    pairs = max(len(a_rows), len(b_rows)) if min(len(a_rows), len(b_rows)) == 1 else min(len(a_rows), len(b_rows))
+    a_rows, b_rows = _repeat_single(a_rows, pairs)[:pairs], _repeat_single(b_rows, pairs)[:pairs]
+    a_only = int(np.sum(a_rows & ~b_rows))
+    b_only = int(np.sum(~a_rows & b_rows))
     discordant = a_only + b_only
     p_value = 1.0 if discordant == 0 else float(stats.binomtest(a_only, discordant, 0.5).pvalue)
-    return McNemarResult(a_only=a_only, b_only=b_only, p_value=min(p_value, 1.0))
+    return McNemarResult(a_only=a_only, b_only=b_only, p_value=min(p_value, 1.0), pairs=pairs)
 
 
 def bootstrap_difference(
@@ -87,6 +90,10 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
     """Return the mean and the sample standard deviation (ddof 1; 0 for a single value)."""
     array = np.asarray(values, dtype=np.float64)
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def _repeat_single(rows: np.ndarray, count: int) -> np.ndarray:
+    return np.repeat(rows, count, axis=0) if len(rows) == 1 else rows
 
 
 def _rows(correct: np.ndarray) -> np.ndarray:

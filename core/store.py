@@ -508,6 +508,9 @@ class RunStore:
                 check_run_id(int(value) if is_run_id(value) else value)
             elif kind != "shipped" or not value:
                 raise StoreError(f"invalid ensemble member {member!r}; use run:ID for a run or shipped:NAME for a shipped model")
+        for existing in self.list_ensembles():
+            if set(existing["members"]) == set(members):
+                raise StoreError(f"ensemble {existing['id']} ({existing['name']}) already has exactly these members; use that one")
         with self.connect() as conn:
             cursor = conn.execute(
                 "INSERT INTO ensembles (name, members, created_at) VALUES (?, ?, ?)", (name or "", json.dumps(members), time.time())

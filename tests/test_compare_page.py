@@ -186,7 +186,7 @@ def test_gallery_captions_answers(compare_store, test_labels):
 
 
 def test_group_pair_has_seed_p(compare_store):
-    at = select_rows(open_page(), "#1 run-a", "group 3 trio (2 seeds)")
+    at = select_rows(open_page(), "#1 run-a", "group 3 trio (2 seeds, 1 not completed)")
 
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
@@ -213,7 +213,7 @@ def test_nothing_selected_prompts(compare_store):
 
 def test_broken_outputs_shown_rest_kept(compare_store):
     (compare_store.run_dir(2) / OUTPUTS_NAME).write_bytes(b"not a safetensors file")
-    at = select_rows(open_page(), "#1 run-a", "#2 run-b", "group 3 trio (2 seeds)")
+    at = select_rows(open_page(), "#1 run-a", "#2 run-b", "group 3 trio (2 seeds, 1 not completed)")
 
     assert not at.exception
     errors = [e.value for e in at.error]
@@ -284,7 +284,7 @@ def test_smoothing_keeps_raw_faint(compare_store):
 
 
 def test_group_curve_has_band(compare_store):
-    at = select_rows(open_page(), "group 3 trio (2 seeds)")
+    at = select_rows(open_page(), "group 3 trio (2 seeds, 1 not completed)")
     at.radio(key="curves_band").set_value("std").run()
 
     names = [trace.get("name", "") for trace in chart_spec(at, "compare_loss")["data"]]

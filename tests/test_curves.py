@@ -101,6 +101,18 @@ def test_group_smooths_each_run():
     assert curve.raw.tolist() == pytest.approx([2.0, 1.0, 0.5])
 
 
+def test_group_single_epoch_on_wall_time():
+    # One epoch each, finished at different times: the ranges do not overlap, but the epoch does.
+    first = RunHistory(steps=[], epochs=epochs_of({"val_accuracy": [0.96]}, wall_s=[20.0]))
+    second = RunHistory(steps=[], epochs=epochs_of({"val_accuracy": [0.98]}, wall_s=[50.0]))
+
+    curve = build_curve(CurveSource("group:1", "g", [first, second], is_group=True), "val_accuracy", "wall_time_s")
+
+    assert curve.x.tolist() == [35.0]
+    assert curve.y.tolist() == pytest.approx([0.97])
+    assert (curve.low.tolist(), curve.high.tolist()) == ([0.96], [0.98])
+
+
 def test_step_axis_places_epochs():
     history = RunHistory(
         steps=[{"step": step, "epoch": step / 4, "train_loss": 1.0} for step in range(1, 9)],

@@ -491,6 +491,8 @@ def test_section_computes_then_caches(section_store):
     at.button(key="invariance_compute").click().run()
 
     assert not at.exception, [e.value for e in at.exception]
+    assert not any("Not measured yet" in caption.value for caption in at.caption)
+    assert not at.button
     charts = section_charts(at)
     assert set(charts) == {"invariance_x_shift", "invariance_y_shift", "invariance_rotation"}
     traces = charts["invariance_x_shift"]["data"]

@@ -82,6 +82,8 @@ def test_ensemble_validation(tmp_path):
         store.create_ensemble(["run:1", "run:x/.."])
     ensemble_id = store.create_ensemble(["run:1", "shipped:cnn"])
     assert store.get_ensemble(ensemble_id)["name"] == f"ensemble-{ensemble_id}"
+    with pytest.raises(StoreError, match=f"ensemble {ensemble_id} .* already has exactly these members"):
+        store.create_ensemble(["shipped:cnn", "run:1"])
 
 
 def test_deleting_member_deletes_ensemble(tmp_path):
@@ -149,8 +151,11 @@ def test_unknown_subjects_name_the_fix(tmp_path):
         resolve_subjects(store, ["99"], [])
     with pytest.raises(LabError, match=f"run {queued} is queued; only completed runs"):
         resolve_subjects(store, [str(queued)], [])
-    with pytest.raises(LabError, match="seed group 4 has no completed run"):
+    with pytest.raises(LabError, match="seed group 4 not found"):
         resolve_subjects(store, ["g4"], [])
+    waiting = store.create_seed_group(DENSE, {}, [0, 1])[0]
+    with pytest.raises(LabError, match=f"seed group {waiting} has no completed run yet"):
+        resolve_subjects(store, [f"g{waiting}"], [])
     with pytest.raises(LabError, match="shipped models: capsnet, cnn"):
         resolve_subjects(store, ["resnet"], shipped_models())
 

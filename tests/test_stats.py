@@ -57,6 +57,19 @@ def test_mcnemar_sums_seed_pairs():
     assert result.p_value == pytest.approx(exact_two_sided(3, 1))
 
 
+def test_mcnemar_pairs_single_model_with_every_seed():
+    single, _ = correct_pairs(both=3, a_only=2, b_only=0, neither=1)
+    _, seed1 = correct_pairs(both=3, a_only=2, b_only=0, neither=1)
+    seed2 = np.ones(6, dtype=bool)  # right where the single model is, and on its one miss too
+
+    forward = mcnemar(single, np.stack([seed1, seed2]))
+    backward = mcnemar(np.stack([seed1, seed2]), single)
+
+    assert (forward.a_only, forward.b_only, forward.pairs) == (2, 1, 2)
+    assert (backward.a_only, backward.b_only, backward.pairs) == (1, 2, 2)
+    assert forward.p_value == pytest.approx(exact_two_sided(2, 1))
+
+
 def test_mcnemar_rejects_other_test_sets():
     with pytest.raises(ValueError, match="same test images"):
         mcnemar(np.ones(5, bool), np.ones(6, bool))

@@ -316,7 +316,10 @@ def render_confusion_matrices(selected: list[dict[str, Any]]) -> None:
         if confusion:
             matrices.append((row["name"], confusion))
     if not matrices:
-        st.caption("The selected runs and models have no stored confusion matrix yet.")
+        if all(row["key"].partition(":")[0] in ("group", "ensemble") for row in selected):
+            st.caption("Seed groups and ensembles have no single confusion matrix; the difference chart above averages a group's seeds.")
+        else:
+            st.caption("The selected runs and models have no stored confusion matrix yet.")
         return
     columns = st.columns(min(3, len(matrices)))
     for index, (title, matrix) in enumerate(matrices):
@@ -402,6 +405,7 @@ def render_run_delete() -> None:
 # -- the page ------------------------------------------------------------------------------------------
 
 chosen = [subjects[row["key"]] for row in selected if row["key"] in subjects]
+pair = None
 if not selected:
     st.info("Select rows in the table to see their curves, whether their difference is real, and where they differ.")
 else:
@@ -432,7 +436,8 @@ else:
 render_invariance(store, chosen)
 
 st.subheader("Export")
-render_export(store, chosen, rows)
+# The report's difference chart and galleries are about its first two subjects: the page's A and B.
+render_export(store, [*pair, *(s for s in chosen if s not in pair)] if pair else chosen, rows)
 
 if not presenting:
     st.subheader("Edit")
