@@ -31,7 +31,7 @@ def render_invariance(store: RunStore, subjects: list[Subject]) -> None:
 
     images = st.number_input(
         "Test images", min_value=1, max_value=TEST_SET_SIZE, value=DEFAULT_IMAGES, step=1000, key="invariance_images",
-        help=f"The first N official test images. {DEFAULT_IMAGES:,} take about 30 s for the shipped CNN on one CPU core; "
+        help=f"The first N official test images. {DEFAULT_IMAGES:,} took about 15 s for the shipped CNN on a 2-core CPU; "
              f"{TEST_SET_SIZE:,} is the whole test set.",
     )
     settings = InvarianceSettings(images=int(images))
