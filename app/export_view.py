@@ -45,7 +45,8 @@ def render_export(store: RunStore, subjects: list[Subject], rows: list[dict]) ->
     )
     request = {"keys": [s.key for s in subjects], "title": title, "invariance": invariance}
 
-    if st.button(f"Build the HTML report of {len(subjects)} models", key="export_build"):
+    noun = "model" if len(subjects) == 1 else "models"
+    if st.button(f"Build the HTML report of {len(subjects)} {noun}", key="export_build"):
         _build(store, subjects, request)
 
     built = st.session_state.get(REPORT_STATE)

@@ -187,7 +187,7 @@ def stage_diagram(stages: list[dict[str, Any]], *, arch: str) -> str:
 INVARIANCE_AXIS_TITLES = {
     "x_shift": "shift along x (px, + moves the ink right)",
     "y_shift": "shift along y (px, + moves the ink down)",
-    "rotation": "rotation (degrees, + turns counter-clockwise)",
+    "rotation": "rotation (°, + is counter-clockwise)",  # short enough for a third of the page
 }
 # Red for pixels that support the prediction, blue for pixels against it, transparent at 0 so the ink shows through.
 # Opacity rises quickly near 0, because most pixels of a map are far below its largest value.
