@@ -198,6 +198,8 @@ def _csv_cell(value: Any) -> Any:
         value = " x ".join(map(str, value))
     if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
         return "'" + value  # a leading quote makes spreadsheets show the text instead of evaluating it
+    if isinstance(value, float):
+        return round(value, 6)  # accuracies stored as float32 read 0.9922999739646912 for 0.9923
     return value
 
 

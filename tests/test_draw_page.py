@@ -81,6 +81,7 @@ def test_ensemble_listed_and_predicts(store_with_ensemble, seven_png):
     lines = answers(at)
     assert len(lines) == 2
     assert lines[0].startswith("**ensemble 1 dense and cnn (2 models)** says **7**")
+    assert any("test accuracy 99.13%" in caption.value.replace("\\", "") for caption in at.caption)  # from stored outputs
     assert not at.error
 
 

@@ -242,7 +242,7 @@ def test_report_invariance_section(fabricated):
 
 def test_csv_header_and_rows():
     rows = [
-        {"name": "#1 alpha", "params": 65962, "test_accuracy": 0.9923, "receptive_field": "30 x 30", "epochs": None},
+        {"name": "#1 alpha", "params": 65962, "test_accuracy": 0.9922999739646912, "receptive_field": "30 x 30", "epochs": None},
         {"name": "#2 beta, with comma", "params": 100, "test_accuracy": 0.5, "receptive_field": None, "epochs": 3},
     ]
     text = table_csv(rows, ["name", "params", "test_accuracy", "receptive_field", "epochs"])
@@ -250,7 +250,7 @@ def test_csv_header_and_rows():
 
     assert text.count("\n") == 3
     assert parsed[0] == ["name", "params", "test_accuracy", "receptive_field", "epochs"]
-    assert parsed[1] == ["#1 alpha", "65962", "0.9923", "30 x 30", ""]
+    assert parsed[1] == ["#1 alpha", "65962", "0.9923", "30 x 30", ""]  # a float32 accuracy, rounded to 6 places
     assert parsed[2] == ["#2 beta, with comma", "100", "0.5", "", "3"]
 
 

@@ -78,8 +78,10 @@ subjects = {subject.key: subject for subject in list_subjects(store, shipped)}
 ensembles = [s for s in subjects.values() if s.kind == "ensemble"]
 ensemble_outputs, ensemble_errors = outputs_or_error(ensembles)
 
-rows = table_rows(runs, shipped) + group_rows(runs, subjects)
+# Groups and ensembles sum up several runs, so they come before the runs, where a long table keeps them in view.
+rows = table_rows([], shipped) + group_rows(runs, subjects)
 rows += [ensemble_row(s, ensemble_outputs[s.key].accuracy if s.key in ensemble_outputs else None) for s in ensembles]
+rows += table_rows(runs, [])
 
 if not rows:
     st.info("Nothing to compare yet." if presenting else "Nothing to compare yet: train a model on the Train page.")

@@ -9,7 +9,7 @@ from app.escaping import escape_markdown
 from app.presentation import is_presenting, present_figure
 from app.services import get_store, list_shipped
 from core.charts import prediction_sweep_figure, probabilities_figure, saliency_figure
-from core.compare import list_subjects
+from core.compare import Subject, list_subjects, subject_outputs
 from core.errors import LabError
 from core.inference import load_cached
 from core.invariance import AXIS_NAMES, InvarianceSettings, prediction_sweeps, subject_probabilities, transformed_digit
@@ -23,6 +23,17 @@ DRAW_KINDS = ("shipped", "run", "ensemble")  # a seed group's runs are listed on
 
 store = get_store()
 presenting = is_presenting()
+
+
+def ensemble_accuracy(subject: Subject) -> float | None:
+    """Return an ensemble's test accuracy from its members' stored outputs, or None when they cannot be read."""
+    try:
+        return subject_outputs(subject, store).accuracy
+    except LabError:
+        return None  # the page still predicts with the ensemble; only the accuracy is left out
+
+
+
 st.title("Draw")
 
 subjects = [s for s in list_subjects(store, list_shipped()) if s.kind in DRAW_KINDS]
@@ -140,7 +151,7 @@ if digit is not None and chosen:
             top = int(np.argmax(probabilities))
             st.markdown(f"**{escape_markdown(subject.label)}** says **{top}** ({probabilities[top]:.1%})")
             if not presenting:
-                accuracy = subject.members[0].test_accuracy if subject.kind != "ensemble" else None
+                accuracy = subject.members[0].test_accuracy if subject.kind != "ensemble" else ensemble_accuracy(subject)
                 details = f"{subject.arch}, test accuracy {accuracy:.2%}" if accuracy is not None else subject.arch
                 st.caption(escape_markdown(details))
             st.plotly_chart(present_figure(probabilities_figure(probabilities)), key=f"probabilities_{key}")
