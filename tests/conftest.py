@@ -62,3 +62,13 @@ def dense_checkpoint(dense_result, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("dense") / "dense.safetensors"
     info = {"test_accuracy": dense_result.test.accuracy, "params": dense_result.params}
     return save_checkpoint(path, dense_result.model, dense_result.model_config, info)
+
+
+@pytest.fixture
+def app_store(tmp_path, monkeypatch, data_dir) -> Path:
+    """A fresh run store for a page under AppTest, with MNIST from $MNIST_DATA_DIR and no worker process."""
+    store = tmp_path / "store"
+    monkeypatch.setenv("MNIST_LAB_STORE", str(store))
+    monkeypatch.setenv("MNIST_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("MNIST_LAB_NO_WORKER", "1")
+    return store

@@ -19,15 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 VIEWS = ROOT / "app" / "views"
 
 
-@pytest.fixture
-def app_store(tmp_path, monkeypatch, data_dir) -> Path:
-    store = tmp_path / "store"
-    monkeypatch.setenv("MNIST_LAB_STORE", str(store))
-    monkeypatch.setenv("MNIST_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("MNIST_LAB_NO_WORKER", "1")
-    return store
-
-
 def open_page(name: str) -> AppTest:
     return AppTest.from_file(str(VIEWS / f"{name}.py"), default_timeout=60).run()
 

@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.models import ARCHITECTURES, build_model, count_parameters, default_model_config
 from tests.helpers import SHIPPED_CNN
-from tests.test_app import VIEWS, app_store  # noqa: F401  (app_store is a fixture used below)
+from tests.test_app import VIEWS
 
 needs_shipped_cnn = pytest.mark.skipif(not SHIPPED_CNN.is_file(), reason="checkpoints/cnn.safetensors is not in this checkout")
 

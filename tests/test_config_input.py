@@ -213,15 +213,6 @@ def test_cli_odd_names_make_no_paths(cli_named_runs):
 # -- Train page -----------------------------------------------------------------
 
 
-@pytest.fixture
-def app_store(tmp_path, monkeypatch, data_dir) -> Path:
-    store = tmp_path / "store"
-    monkeypatch.setenv("MNIST_LAB_STORE", str(store))
-    monkeypatch.setenv("MNIST_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("MNIST_LAB_NO_WORKER", "1")
-    return store
-
-
 def open_train() -> AppTest:
     return AppTest.from_file(str(REPO_ROOT / "app" / "views" / "train.py"), default_timeout=60).run()
 

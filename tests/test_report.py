@@ -10,7 +10,6 @@ import csv
 import datetime
 import io
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
