@@ -333,6 +333,7 @@ def compare_pair(a: Subject, b: Subject, a_outputs: SubjectOutputs, b_outputs: S
         "a_only": test.a_only, "b_only": test.b_only, "p_value": test.p_value, "seed_p_value": seed_p,
         "significant": test.p_value < SIGNIFICANCE_LEVEL and not low <= 0 <= high,
     }
+    result["shared_models"] = sorted({m.key for m in a.members} & {m.key for m in b.members})
     result["sentence"] = describe_pair(result, paired_rows=test.pairs)
     return result
 
@@ -354,12 +355,15 @@ def describe_pair(pair: Mapping[str, Any], *, paired_rows: int = 1) -> str:
         seeds = "; across seeds the gap is " + ("larger" if pair["seed_p_value"] < SIGNIFICANCE_LEVEL else "not larger") + (
             f" than the seed spread (Welch p = {pair['seed_p_value']:.3g})"
         )
+    shared = ""
+    if pair.get("shared_models"):
+        shared = f" Note that both contain {', '.join(pair['shared_models'])}, so they are not independent models."
     if pair["difference"] == 0 and pair["a_only"] == pair["b_only"]:
-        return f"{pair['a_label']} and {pair['b_label']} are equally accurate on the test set ({images}){seeds}."
+        return f"{pair['a_label']} and {pair['b_label']} are equally accurate on the test set ({images}){seeds}.{shared}"
     verdict = "is real" if pair["significant"] else "could be chance"
     return (
         f"{better} is {points:.2f} points more accurate than {worse} ({interval}); McNemar p = {pair['p_value']:.3g} "
-        f"({images}), so at the 5% level the difference {verdict}{seeds}."
+        f"({images}), so at the 5% level the difference {verdict}{seeds}.{shared}"
     )
 
 

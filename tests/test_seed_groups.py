@@ -230,3 +230,18 @@ def test_train_page_queues_seed_group(tmp_path, monkeypatch, data_dir):
     assert not at.exception
     assert [r["train_config"]["seed"] for r in runs] == [0, 1, 2]
     assert {r["seed_group"] for r in runs} == {runs[0]["id"]}
+
+
+def test_pair_sentence_names_shared_models(tmp_path):
+    from core.compare import compare_pair
+
+    store = RunStore(tmp_path)
+    labels = np.array([0, 1, 2, 3])
+    first, second = completed_run(store, one_hot([0, 1, 2, 3]), labels), completed_run(store, one_hot([0, 1, 0, 0]), labels)
+    store.create_ensemble([f"run:{first}", f"run:{second}"], name="pair")
+    run, ensemble = resolve_subjects(store, [str(first), "e1"], [])
+
+    pair = compare_pair(run, ensemble, subject_outputs(run, store), subject_outputs(ensemble, store))
+
+    assert pair["shared_models"] == [f"run:{first}"]
+    assert pair["sentence"].endswith(f"Note that both contain run:{first}, so they are not independent models.")

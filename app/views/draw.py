@@ -17,6 +17,7 @@ from core.preprocess import NO_DIGIT_MESSAGE, decode_image, to_mnist
 from core.saliency import METHODS, ensemble_saliency
 
 CANVAS_SIZE = 280
+PRESENTATION_CANVAS_SIZE = 420  # large enough to draw on in front of an audience
 DEFAULT_STROKE = 22
 SWEEP = InvarianceSettings()  # the ranges of the sliders below and of the Compare page's curves
 DRAW_KINDS = ("shipped", "run", "ensemble")  # a seed group's runs are listed one by one instead
@@ -62,8 +63,8 @@ with draw_col:
             stroke_width=stroke,
             stroke_color="#FFFFFF",
             background_color="#000000",
-            height=CANVAS_SIZE,
-            width=CANVAS_SIZE,
+            height=PRESENTATION_CANVAS_SIZE if presenting else CANVAS_SIZE,
+            width=PRESENTATION_CANVAS_SIZE if presenting else CANVAS_SIZE,
             drawing_mode="freedraw",
             return_image_data=True,
             key=f"canvas_{st.session_state.canvas_version}",
