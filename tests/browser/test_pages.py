@@ -75,8 +75,9 @@ def runs_named(store: Path, name: str) -> list[dict]:
 
 def test_train_live_chart_grows_without_click(app, page):
     open_page(page, app, "", "Train")
-    # Dense on 10,000 images in batches of 32: about 1,000 steps, several seconds of training.
-    fill_tiny_run(page, name="browser live run", epochs=3, batch_size=32, train_subset=10_000)
+    # Dense on 10,000 images in batches of 32: about 6,000 steps, ten seconds or more of training. A run of a
+    # few seconds could finish its loss points before a loaded machine rendered the first ones. It is cancelled below.
+    fill_tiny_run(page, name="browser live run", epochs=20, batch_size=32, train_subset=10_000)
     page.get_by_role("button", name="Start training").click()
 
     run = wait_for(lambda: runs_named(app.store, "browser live run"), timeout=30, description="the run in the store")[0]
@@ -85,9 +86,10 @@ def test_train_live_chart_grows_without_click(app, page):
     training_nice = process_nice(training_pid)  # read while it trains; it exits when the run ends
     wait_for(lambda: live_loss_points(page) > first, timeout=60, interval=0.1, description="more loss points without a click")
     second = live_loss_points(page)
+    RunStore(app.store).request_cancel(run["id"])  # the other tests need no training in the background
 
     assert run["train_config"]["train_subset"] == 10_000
-    assert run["train_config"]["epochs"] == 3
+    assert run["train_config"]["epochs"] == 20
     assert second > first > 0
     assert training_nice == os.nice(0) + TRAINING_NICE
 
@@ -103,7 +105,7 @@ def test_draw_predicts_with_every_model(app, page):
 
     page.locator("canvas").last.wait_for()
     draw_seven(page)
-    page.get_by_role("heading", name="Answers").wait_for()
+    page.get_by_role("heading", name="Answers", exact=True).wait_for()
     answers = wait_for(
         lambda: (texts := page.locator('[data-testid="stMarkdownContainer"]').filter(has_text=" says ").all_inner_texts()) and len(texts) >= len(selected) and texts,
         timeout=60,
@@ -124,13 +126,13 @@ def test_draw_without_models_prompts(app, page):
     open_page(page, app, "draw", "Draw")
     page.locator("canvas").last.wait_for()
     draw_seven(page)
-    page.get_by_role("heading", name="Answers").wait_for()
+    page.get_by_role("heading", name="Answers", exact=True).wait_for()
 
     # Remove every selected model with the multiselect's clear button.
     page.locator('[data-testid="stMultiSelect"]').get_by_role("button", name="Clear all").click()
 
     page.get_by_text("Select at least one model above to see its prediction.").wait_for()
-    assert page.get_by_role("heading", name="Answers").count() == 0
+    assert page.get_by_role("heading", name="Answers", exact=True).count() == 0
 
 
 def test_compare_lists_run_beside_shipped(app, page):
