@@ -16,7 +16,7 @@ from app.escaping import escape_markdown
 from core.compare import Subject
 from core.data import resolve_data_dir
 from core.errors import LabError
-from core.report import DEFAULT_TITLE, build_report, export_columns, measure_invariance, table_csv
+from core.report import DEFAULT_TITLE, build_report, count_text, export_columns, measure_invariance, table_csv
 from core.store import RunStore
 
 REPORT_STATE = "export_report"  # session key: {"request": ..., "html": str, "file_name": str}
@@ -45,8 +45,7 @@ def render_export(store: RunStore, subjects: list[Subject], rows: list[dict]) ->
     )
     request = {"keys": [s.key for s in subjects], "title": title, "invariance": invariance}
 
-    noun = "model" if len(subjects) == 1 else "models"
-    if st.button(f"Build the HTML report of {len(subjects)} {noun}", key="export_build"):
+    if st.button(f"Build the HTML report of {count_text(len(subjects), 'model')}", key="export_build"):
         _build(store, subjects, request)
 
     built = st.session_state.get(REPORT_STATE)

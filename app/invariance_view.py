@@ -20,7 +20,7 @@ from core.store import RunStore
 
 
 def render_invariance(store: RunStore, subjects: list[Subject]) -> None:
-    """Show accuracy against x shift, y shift and rotation, measuring missing curves when the user asks.
+    """Show accuracy against x shift, y shift and rotation, measuring missing curves on request.
 
     Measured curves are cached in the run store, so later visits show them without the button.
     """

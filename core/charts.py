@@ -231,7 +231,7 @@ def invariance_figure(results: list[Any], axis: str) -> go.Figure:
 
 
 def prediction_sweep_figure(rows: list[tuple[str, dict[str, list]]], axis: str, current: int) -> go.Figure:
-    """Each model's prediction across one transform's range: the digit as text, its confidence as colour.
+    """Draw each model's prediction across one transform's range: the digit as text, its confidence as colour.
 
     ``rows`` pairs a model's label with its sweep from ``core.invariance.prediction_sweeps``
     for ``axis``. A box marks the column of the current setting.
@@ -259,7 +259,7 @@ def prediction_sweep_figure(rows: list[tuple[str, dict[str, list]]], axis: str, 
 
 
 def saliency_figure(image: Any, saliency: Any, *, title: str) -> go.Figure:
-    """A 28x28 input in gray with its saliency map on top: red pixels support the prediction, blue ones argue against it."""
+    """Draw a 28x28 input in gray with its saliency map on top: red pixels support the prediction, blue ones oppose it."""
     import numpy as np
 
     saliency = np.asarray(saliency, dtype=np.float32)

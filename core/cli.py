@@ -507,7 +507,7 @@ def _command_line(args: argparse.Namespace) -> str:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from core.report import build_report, measure_invariance
+    from core.report import build_report, count_text, measure_invariance
 
     if args.invariance_images is not None and not args.invariance:
         raise LabError(f"--invariance-images {args.invariance_images} needs --invariance; add --invariance or drop the option")
@@ -538,7 +538,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except OSError as error:
         temporary.unlink(missing_ok=True)
         raise LabError(f"cannot write the report to {output}: {error.strerror or error}; choose a writable path with -o") from error
-    print(f"wrote the report of {len(subjects)} model{'' if len(subjects) == 1 else 's'} to {output}")
+    print(f"wrote the report of {count_text(len(subjects), 'model')} to {output}")
     return 0
 
 
@@ -750,8 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the run store, so a second call with the same settings returns at once.",
                        epilog="examples:\n  python -m core invariance cnn dense\n  python -m core invariance 12 g14 e3 --images 10000 --json",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", metavar="RUN",
-                   help="run id (12), seed group (g12: first run id of the group), ensemble (e3) or shipped model name (cnn)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help=f"one or more models: {models_help}")
     p.add_argument("--images", type=int, default=None, metavar="N", help="measure on the first N test images, 1 to 10000 (default 2000)")
     p.add_argument("--max-shift", type=int, default=None, metavar="PX",
                    help="largest shift along x and along y, in pixels, 1 to 14 (default 6)")

@@ -13,12 +13,13 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from core.analysis import model_cost
-from core.errors import LabError
+from core.errors import CheckpointError, LabError
 from core.inference import SHIPPED_DIR, ModelEntry, run_models
 from core.models.config import NUM_CLASSES
 from core.predictions import (
@@ -57,7 +58,7 @@ def cost_summary(model_config: Mapping[str, Any], info: Mapping[str, Any] | None
     return {"flops": flops, "receptive_field": field}
 
 
-def _field_text(receptive_field) -> str | None:
+def receptive_field_text(receptive_field) -> str | None:
     return "{} x {}".format(*receptive_field) if receptive_field else None
 
 
@@ -70,7 +71,7 @@ def table_rows(runs: list[dict[str, Any]], shipped: list[ModelEntry]) -> list[di
         rows.append(
             {
                 "key": model.key, "name": model.label, "architecture": model.arch, "params": model.params,
-                "flops": cost["flops"], "receptive_field": _field_text(cost["receptive_field"]),
+                "flops": cost["flops"], "receptive_field": receptive_field_text(cost["receptive_field"]),
                 "best_val_accuracy": info.get("best_val_accuracy"), "test_accuracy": model.test_accuracy,
                 "epochs": info.get("epochs_completed"), "training_time_s": info.get("wall_time_s"),
                 "device": info.get("device"), "status": "shipped",
@@ -81,7 +82,7 @@ def table_rows(runs: list[dict[str, Any]], shipped: list[ModelEntry]) -> list[di
         rows.append(
             {
                 "key": f"run:{run['id']}", "name": f"#{run['id']} {run['name']}", "architecture": run["arch"],
-                "params": run["params"], "flops": cost["flops"], "receptive_field": _field_text(cost["receptive_field"]),
+                "params": run["params"], "flops": cost["flops"], "receptive_field": receptive_field_text(cost["receptive_field"]),
                 "best_val_accuracy": run["best_val_accuracy"], "test_accuracy": run["test_accuracy"],
                 "epochs": run["epochs_completed"], "training_time_s": run["wall_time_s"], "device": run["device"],
                 "status": run["status"],
@@ -164,9 +165,12 @@ def _run_label(run: dict[str, Any]) -> str:
     return f"#{run['id']} {run['name']}"
 
 
-def list_subjects(store: RunStore, shipped: list[ModelEntry]) -> list[Subject]:
-    """Return every comparable subject: shipped models, completed runs, seed groups, then ensembles."""
-    runs = store.list_runs()
+def list_subjects(store: RunStore, shipped: list[ModelEntry], *, runs: list[dict[str, Any]] | None = None) -> list[Subject]:
+    """Return every comparable subject: shipped models, completed runs, seed groups, then ensembles.
+
+    ``runs`` reuses a ``store.list_runs()`` result the caller already has.
+    """
+    runs = store.list_runs() if runs is None else runs
     completed = {entry.key: entry for entry in run_models(store, runs=runs)}
     subjects = [_single(entry, "shipped") for entry in shipped]
     subjects += [_single(entry, "run") for entry in completed.values()]
@@ -183,13 +187,18 @@ def _single(entry: ModelEntry, kind: str) -> Subject:
     return Subject(key=entry.key, label=entry.label, kind=kind, arch=entry.arch, members=[entry], params=entry.params)
 
 
-def _groups(runs: list[dict[str, Any]], completed: dict[str, ModelEntry]) -> list[Subject]:
+def seed_groups(runs: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Return the runs of each seed group, by group id, in run order."""
     groups: dict[int, list[dict[str, Any]]] = {}
     for run in runs:
         if run.get("seed_group") is not None:
             groups.setdefault(run["seed_group"], []).append(run)
+    return groups
+
+
+def _groups(runs: list[dict[str, Any]], completed: dict[str, ModelEntry]) -> list[Subject]:
     subjects = []
-    for group_id, members in groups.items():
+    for group_id, members in seed_groups(runs).items():
         done = [run for run in members if f"run:{run['id']}" in completed]
         if not done:
             continue
@@ -273,20 +282,29 @@ def _unknown_subject_message(spec: str, key: str, store: RunStore) -> str:
 # -- test outputs per subject -----------------------------------------------------------------------
 
 
+def stored_outputs_paths(entry: ModelEntry, store: RunStore) -> list[Path]:
+    """Return the files that may contain a model's test outputs, in lookup order.
+
+    A run's outputs are in its folder. A checkpoint file's are beside it (shipped models)
+    or in the store's cache, which is where they are written when first computed.
+    """
+    if entry.key.startswith("run:"):
+        return [store.run_dir(int(entry.key.split(":", 1)[1])) / OUTPUTS_NAME]
+    paths = [shipped_outputs_path(entry.path)]
+    if entry.path.is_file():  # the cache key reads the checkpoint's modification time
+        paths.append(cached_outputs_path(store.root, entry.path))
+    return paths
+
+
 def model_outputs(entry: ModelEntry, store: RunStore, data_dir: str | os.PathLike | None = None) -> TestOutputs:
     """Return one model's stored test outputs, evaluating it once when none are stored."""
-    if entry.key.startswith("run:"):
-        path = store.run_dir(int(entry.key.split(":", 1)[1])) / OUTPUTS_NAME
+    paths = stored_outputs_paths(entry, store)
+    for path in paths:
         if path.is_file():
             return load_test_outputs(path)
-        return evaluate_checkpoint(entry.path, data_dir, path)
-    shipped_path = shipped_outputs_path(entry.path)
-    if shipped_path.is_file():
-        return load_test_outputs(shipped_path)
-    cached = cached_outputs_path(store.root, entry.path)
-    if cached.is_file():
-        return load_test_outputs(cached)
-    return evaluate_checkpoint(entry.path, data_dir, cached)
+    if not entry.path.is_file():
+        raise CheckpointError(f"checkpoint {entry.path} of {entry.label} not found, and no test outputs are stored for it")
+    return evaluate_checkpoint(entry.path, data_dir, paths[-1])
 
 
 def subject_outputs(subject: Subject, store: RunStore, data_dir: str | os.PathLike | None = None) -> SubjectOutputs:

@@ -15,9 +15,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from core.compare import Subject, _field_text, cost_summary
+from core.compare import Subject, cost_summary, receptive_field_text, seed_groups, stored_outputs_paths
 from core.inference import ModelEntry
-from core.predictions import OUTPUTS_NAME, cached_outputs_path, shipped_outputs_path
 from core.stats import mean_and_std
 from core.store import RunStore
 
@@ -322,13 +321,8 @@ def group_rows(runs: list[dict[str, Any]], subjects: dict[str, Subject]) -> list
     A group whose runs are all still queued or running gets a row without accuracy,
     so it shows up as soon as it is started.
     """
-    groups: dict[int, list[dict[str, Any]]] = {}
-    for run in runs:
-        if run.get("seed_group") is not None:
-            groups.setdefault(run["seed_group"], []).append(run)
-
     rows = []
-    for group_id, members in groups.items():
+    for group_id, members in seed_groups(runs).items():
         key = f"group:{group_id}"
         done = [run for run in members if run["status"] == "completed" and run["test_accuracy"] is not None]
         accuracies = [run["test_accuracy"] for run in done]
@@ -341,7 +335,7 @@ def group_rows(runs: list[dict[str, Any]], subjects: dict[str, Subject]) -> list
         rows.append(
             {
                 "key": key, "name": name, "architecture": first["arch"], "params": first["params"],
-                "flops": cost["flops"], "receptive_field": _field_text(cost["receptive_field"]),
+                "flops": cost["flops"], "receptive_field": receptive_field_text(cost["receptive_field"]),
                 "best_val_accuracy": float(np.mean(best_val)) if best_val else None,
                 "test_accuracy": mean, "test_accuracy_std": std, "seeds": len(done), "pending_seeds": len(members) - len(done),
                 "epochs": max((run["epochs_completed"] for run in done), default=None),
@@ -376,7 +370,7 @@ def outputs_fingerprint(subject: Subject, store: RunStore) -> tuple:
     """Return what a subject's test outputs depend on: per member, the mtimes of its checkpoint and stored outputs."""
     members = []
     for member in subject.members:
-        files = [member.path, *_stored_outputs_paths(member, store)]
+        files = [member.path, *stored_outputs_paths(member, store)]
         members.append((member.key, str(member.path), tuple(_mtime_ns(path) for path in files)))
     return subject.key, tuple(members)
 
@@ -388,18 +382,9 @@ def _mtime_ns(path: Path) -> int | None:
         return None  # a missing file: loading the outputs reports it
 
 
-def _stored_outputs_paths(member: ModelEntry, store: RunStore) -> list[Path]:
-    if member.key.startswith("run:"):
-        return [store.run_dir(int(member.key.split(":", 1)[1])) / OUTPUTS_NAME]
-    paths = [shipped_outputs_path(member.path)]
-    if member.path.is_file():
-        paths.append(cached_outputs_path(store.root, member.path))
-    return paths
-
-
 def members_without_outputs(subject: Subject, store: RunStore) -> list[ModelEntry]:
     """Return the members whose test outputs are not stored yet, so they are evaluated on the test set first."""
-    return [m for m in subject.members if not any(path.is_file() for path in _stored_outputs_paths(m, store))]
+    return [m for m in subject.members if not any(path.is_file() for path in stored_outputs_paths(m, store))]
 
 
 def subject_tags(keys: list[str], a_key: str, b_key: str) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 A run writes ``test_outputs.safetensors`` into its folder when it completes. A
 shipped checkpoint ``checkpoints/NAME.safetensors`` has its outputs in
-``checkpoints/test_outputs/NAME.safetensors``. Each file holds the class
+``checkpoints/test_outputs/NAME.safetensors``. Each file contains the class
 probabilities (10000, 10) as float16, the predicted classes and the true labels
 as uint8. The predictions are the argmax of the float32 scores, so they give
 exactly the test accuracy the run reported; the float16 probabilities (about
@@ -38,7 +38,7 @@ TEST_SET_SIZE = 10000
 
 @dataclass
 class TestOutputs:
-    """A model's answers on the test set: probabilities (N, 10), predictions (N,) and labels (N,)."""
+    """A model's outputs on the test set: probabilities (N, 10), predictions (N,) and labels (N,)."""
 
     probabilities: np.ndarray  # float32, rows sum to about 1
     predictions: np.ndarray  # int64

@@ -323,7 +323,8 @@ details { margin: 6px 0; } summary { cursor: pointer; }
 """
 
 
-def _count_text(count: int, noun: str) -> str:
+def count_text(count: int, noun: str) -> str:
+    """Return "1 model" or "3 models": the count with the noun in singular or plural."""
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
@@ -601,5 +602,5 @@ def build_report(
         f"</head><body>{body}</body></html>\n"
     )
     progress(1.0, "Report ready")
-    log.info("built a report of %s (%d kB)", _count_text(len(subjects), "model"), len(document) // 1024)
+    log.info("built a report of %s (%d kB)", count_text(len(subjects), "model"), len(document) // 1024)
     return document

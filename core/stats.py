@@ -7,7 +7,7 @@
 - A paired bootstrap 95% confidence interval of the accuracy difference: the
   test images are resampled with replacement, the same images for both models,
   and the percentile interval of the difference is reported (``scipy.stats.bootstrap``).
-- For seed groups, Welch's t-test on the per-seed test accuracies asks whether
+- For seed groups, Welch's t-test on the per-seed test accuracies tests whether
   the difference is larger than the spread between seeds.
 
 Correctness is passed as boolean arrays of shape (models, images): one row for a

@@ -401,7 +401,8 @@ def test_cli_text_table_from_cache(cli_store, capsys):
     lines = out.splitlines()
     assert code == 0
     assert lines[0].startswith("test accuracy on the first 200 test images")
-    assert "x shift (px)" in lines[2] and "cnn (shipped)" in lines[2]
+    assert "x shift (px)" in lines[2]
+    assert "cnn (shipped)" in lines[2]
     assert [line.split()[0] for line in lines[3:16]] == [f"{v:+d}" for v in range(-6, 7)]
     assert lines[-1].startswith("cnn (shipped) keeps at least 95%")
 

@@ -105,7 +105,7 @@ def test_ensemble_accuracy_by_hand(tmp_path):
     # Image 2: two of three right. Image 3: only the third is right, and not confidently enough.
     first = np.array(one_hot([0, 1, 5, 7]))
     first[1] = one_hot([1], 0.99)[0]
-    first[2] = one_hot([5], 0.3)[0]  # a wrong but unsure answer, outvoted by the other two
+    first[2] = one_hot([5], 0.3)[0]  # a wrong but unsure prediction, outvoted by the other two
     second = one_hot([0, 4, 2, 7], 0.5)
     third = one_hot([0, 4, 2, 3], 0.4)
     ids = [completed_run(store, probs, labels) for probs in (first, second, third)]
@@ -245,3 +245,14 @@ def test_pair_sentence_names_shared_models(tmp_path):
 
     assert pair["shared_models"] == [f"run:{first}"]
     assert pair["sentence"].endswith(f"Note that both contain run:{first}, so they are not independent models.")
+
+
+def test_missing_checkpoint_without_outputs(tmp_path):
+    from core.compare import model_outputs
+    from core.errors import CheckpointError
+    from core.inference import ModelEntry
+
+    gone = ModelEntry(key="shipped:gone", label="gone", path=tmp_path / "gone.safetensors", arch="cnn", test_accuracy=None, params=None)
+
+    with pytest.raises(CheckpointError, match="gone.safetensors of gone not found, and no test outputs are stored"):
+        model_outputs(gone, RunStore(tmp_path / "store"))

@@ -74,7 +74,7 @@ def outputs_or_error(subjects: list[Subject]) -> tuple[dict[str, SubjectOutputs]
 
 runs = store.list_runs()
 shipped = list_shipped()
-subjects = {subject.key: subject for subject in list_subjects(store, shipped)}
+subjects = {subject.key: subject for subject in list_subjects(store, shipped, runs=runs)}
 ensembles = [s for s in subjects.values() if s.kind == "ensemble"]
 ensemble_outputs, ensemble_errors = outputs_or_error(ensembles)
 
